@@ -1,0 +1,327 @@
+"""Pydantic models of the GA4GH TES 1.1 API.
+
+Written from the TES 1.1 OpenAPI document. Two directions, two attitudes:
+
+* Requests (what the provider sends) are strict: unknown fields are rejected when a
+  model is built in Python, and :meth:`TesModel.to_request` drops every ``None`` so the
+  server never sees a ``null`` (Funnel decodes request bodies strictly, and a null or
+  unknown field can be a 400).
+* Responses (what servers send back) are lenient: unknown fields are kept and optional
+  ones may be missing, because servers add extensions and omit empty lists. Use
+  :meth:`TesModel.from_response` for those.
+
+The same classes serve both directions; the leniency is chosen by the entry point, not
+by a second copy of every model.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+#: Largest inline ``content`` TES 1.1 requires servers to accept for an input.
+MAX_INLINE_CONTENT_BYTES = 128 * 1024
+
+#: ``page_size`` must be less than this (TES 1.1 ListTasks).
+MAX_PAGE_SIZE = 2048
+
+
+class TesState(enum.StrEnum):
+    """Task states of TES 1.1."""
+
+    UNKNOWN = "UNKNOWN"
+    QUEUED = "QUEUED"
+    INITIALIZING = "INITIALIZING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETE = "COMPLETE"
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"
+    SYSTEM_ERROR = "SYSTEM_ERROR"
+    CANCELED = "CANCELED"
+    PREEMPTED = "PREEMPTED"
+    CANCELING = "CANCELING"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the server will never change this state again.
+
+        PREEMPTED is terminal for the TES task (a new task must be submitted to retry);
+        CANCELING is not (it settles into CANCELED).
+        """
+        return self in _TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the task may still run, i.e. is worth attaching to or canceling."""
+        return self in _ACTIVE_STATES
+
+
+_TERMINAL_STATES = frozenset(
+    {
+        TesState.COMPLETE,
+        TesState.EXECUTOR_ERROR,
+        TesState.SYSTEM_ERROR,
+        TesState.CANCELED,
+        TesState.PREEMPTED,
+    }
+)
+_ACTIVE_STATES = frozenset({TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING, TesState.PAUSED})
+
+
+class TesFileType(enum.StrEnum):
+    FILE = "FILE"
+    DIRECTORY = "DIRECTORY"
+
+
+class TesView(enum.StrEnum):
+    MINIMAL = "MINIMAL"
+    BASIC = "BASIC"
+    FULL = "FULL"
+
+
+def _check_container_path(value: str, what: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{what} {value!r} must be an absolute path inside the container (start with '/')")
+    if posixpath.normpath(value) != value.rstrip("/") and value != "/":
+        raise ValueError(f"{what} {value!r} must be a normalised path (no '.', '..' or '//')")
+    return value
+
+
+class TesModel(BaseModel):
+    """Base of every TES model: strict when built in Python, lenient when parsed."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=False)
+
+    def to_request(self) -> dict[str, Any]:
+        """The JSON body to send: no ``None`` anywhere, enums as strings."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_response(cls, data: Any) -> Self:
+        """Parse a server answer, keeping unknown fields instead of rejecting them."""
+        return cls.model_validate(data, context={"lenient": True})
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _lenient_extras(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        # Servers add fields the spec does not have; dropping them is better than
+        # failing a poll. Only on the response path (context lenient=True).
+        if info.context and info.context.get("lenient") and isinstance(data, dict):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            data = {k: v for k, v in data.items() if k in known}
+        return handler(data)
+
+
+class TesInput(TesModel):
+    name: str | None = None
+    description: str | None = None
+    url: str | None = None
+    path: str
+    type: TesFileType = TesFileType.FILE
+    content: str | None = None
+    streamable: bool | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        return _check_container_path(v, "input path")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.url is None) == (self.content is None):
+            raise ValueError(
+                f"input {self.path!r} needs exactly one of 'url' (where the server fetches it) "
+                "or 'content' (the literal text)"
+            )
+        if self.content is not None:
+            size = len(self.content.encode())
+            if size > MAX_INLINE_CONTENT_BYTES:
+                raise ValueError(
+                    f"input {self.path!r} has {size} bytes of inline content; TES servers need only accept "
+                    f"{MAX_INLINE_CONTENT_BYTES} bytes: stage it as a file and pass a 'url' instead"
+                )
+            if self.type is TesFileType.DIRECTORY:
+                raise ValueError(f"input {self.path!r}: inline 'content' can only be a FILE")
+        return self
+
+
+class TesOutput(TesModel):
+    name: str | None = None
+    description: str | None = None
+    url: str
+    path: str
+    path_prefix: str | None = None
+    type: TesFileType = TesFileType.FILE
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        return v if any(c in v for c in "*?[") else _check_container_path(v, "output path")
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str | None) -> str | None:
+        return None if v is None else _check_container_path(v, "output path_prefix")
+
+    @model_validator(mode="after")
+    def _wildcards_need_prefix(self) -> Self:
+        if any(c in self.path for c in "*?[") and self.path_prefix is None:
+            raise ValueError(
+                f"output path {self.path!r} has wildcards: set 'path_prefix' to the part of the path "
+                "that is stripped before the rest is appended to 'url'"
+            )
+        if not self.path.startswith("/"):
+            raise ValueError(f"output path {self.path!r} must be absolute (start with '/')")
+        return self
+
+
+class TesResources(TesModel):
+    cpu_cores: int | None = Field(default=None, ge=1)
+    preemptible: bool | None = None
+    ram_gb: float | None = Field(default=None, gt=0)
+    disk_gb: float | None = Field(default=None, gt=0)
+    zones: list[str] | None = None
+    backend_parameters: dict[str, str] | None = None
+    backend_parameters_strict: bool | None = None
+
+
+class TesExecutor(TesModel):
+    image: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    workdir: str | None = None
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    env: dict[str, str] | None = None
+    ignore_error: bool | None = None
+
+    @field_validator("workdir", "stdin", "stdout", "stderr")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return None if v is None else _check_container_path(v, "executor path")
+
+
+class TesExecutorLog(TesModel):
+    start_time: str | None = None
+    end_time: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int | None = None
+
+
+class TesOutputFileLog(TesModel):
+    url: str
+    path: str
+    size_bytes: int
+
+    @field_validator("size_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, v: Any) -> Any:
+        # The spec carries int64 as a string so JavaScript clients keep precision.
+        if isinstance(v, str):
+            return int(v.strip())
+        return v
+
+
+class TesTaskLog(TesModel):
+    logs: list[TesExecutorLog] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    outputs: list[TesOutputFileLog] = Field(default_factory=list)
+    system_logs: list[str] | None = None
+
+
+class TesTask(TesModel):
+    """A TES task. Server-owned fields (id, state, logs, creation_time) are never sent."""
+
+    SERVER_FIELDS: ClassVar[frozenset[str]] = frozenset({"id", "state", "logs", "creation_time"})
+
+    id: str | None = None
+    state: TesState | None = None
+    name: str | None = None
+    description: str | None = None
+    inputs: list[TesInput] | None = None
+    outputs: list[TesOutput] | None = None
+    resources: TesResources | None = None
+    executors: list[TesExecutor] = Field(default_factory=list)
+    volumes: list[str] | None = None
+    tags: dict[str, str] | None = None
+    logs: list[TesTaskLog] | None = None
+    creation_time: str | None = None
+
+    @field_validator("volumes")
+    @classmethod
+    def _absolute_volumes(cls, v: list[str] | None) -> list[str] | None:
+        for path in v or []:
+            _check_container_path(path, "volume")
+        return v
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _known_state(cls, v: Any) -> Any:
+        if v is not None and v not in TesState.__members__:
+            raise ValueError(f"unknown TES state {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _request_rules(self, info: ValidationInfo) -> Self:
+        # A MINIMAL or BASIC view legitimately omits executors; only a task we are
+        # about to send must have one.
+        if info.context and info.context.get("lenient"):
+            return self
+        if not self.executors:
+            raise ValueError("a TES task needs at least one executor")
+        seen: set[str] = set()
+        for item in self.inputs or []:
+            if item.path in seen:
+                raise ValueError(f"container path {item.path!r} is given to more than one input")
+            seen.add(item.path)
+        return self
+
+    def to_request(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(self.SERVER_FIELDS))
+
+    @property
+    def last_log(self) -> TesTaskLog | None:
+        """The newest attempt's log: servers may retry internally and append logs."""
+        return self.logs[-1] if self.logs else None
+
+
+class TesCreateTaskResponse(TesModel):
+    id: str = Field(min_length=1)
+
+
+class TesListTasksResponse(TesModel):
+    tasks: list[TesTask] = Field(default_factory=list)
+    next_page_token: str | None = None
+
+
+class TesServiceType(TesModel):
+    group: str
+    artifact: str
+    version: str
+
+
+class TesOrganization(TesModel):
+    name: str
+    url: str
+
+
+class TesServiceInfo(TesModel):
+    id: str
+    name: str
+    type: TesServiceType
+    description: str | None = None
+    organization: TesOrganization | None = None
+    contactUrl: str | None = None
+    documentationUrl: str | None = None
+    createdAt: str | None = None
+    updatedAt: str | None = None
+    environment: str | None = None
+    version: str
+    storage: list[str] | None = None
+    tesResources_backend_parameters: list[str] | None = None

@@ -1,0 +1,146 @@
+"""Trigger that waits for a TES task in the triggerer, so no worker slot is held meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_tes.exceptions import (
+    TesError,
+    TesMalformedResponseError,
+    TesServerUnavailableError,
+)
+from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.models import TesState, TesView
+
+#: How long polls may keep failing (transport errors, 5xx, garbled bodies) before the wait
+#: ends with an error event. Servers restart and proxies hiccup; a task that runs for
+#: hours should not fail because its server was away for a minute.
+DEFAULT_OUTAGE_BUDGET = 600.0
+
+#: Event ``status`` values the operator understands.
+EVENT_TERMINAL = "terminal"
+EVENT_ERROR = "error"
+EVENT_DEADLINE = "deadline"
+
+
+class TesTaskTrigger(BaseTrigger):
+    """Polls one TES task until it reaches a terminal state, then yields one event.
+
+    :param tes_task_id: the TES task to watch.
+    :param tes_conn_id: Airflow connection of the TES server.
+    :param poll_interval: seconds between polls.
+    :param deadline: Unix time after which the TES task is canceled and a ``deadline``
+        event is sent (Airflow does not enforce ``execution_timeout`` while deferred).
+    :param outage_budget: seconds of consecutive failed polls tolerated.
+    :param started_at: Unix time the task was submitted, for elapsed times in the log.
+    """
+
+    def __init__(
+        self,
+        tes_task_id: str,
+        tes_conn_id: str = TesHook.default_conn_name,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        outage_budget: float = DEFAULT_OUTAGE_BUDGET,
+        started_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.tes_task_id = tes_task_id
+        self.tes_conn_id = tes_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = deadline
+        self.outage_budget = float(outage_budget)
+        self.started_at = started_at
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "tes_task_id": self.tes_task_id,
+                "tes_conn_id": self.tes_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "outage_budget": self.outage_budget,
+                "started_at": self.started_at,
+            },
+        )
+
+    def _event(self, status: str, message: str, state: str | None = None, **extra: Any) -> TriggerEvent:
+        return TriggerEvent(
+            {"status": status, "tes_task_id": self.tes_task_id, "state": state, "message": message, **extra}
+        )
+
+    def _elapsed(self) -> str:
+        return f"{time.time() - self.started_at:.1f}s" if self.started_at else "?"
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = TesHook(self.tes_conn_id)
+        last_state: TesState | None = None
+        failing_since: float | None = None
+        try:
+            while True:
+                if self.deadline is not None and time.time() >= self.deadline:
+                    yield await self._cancel_for_deadline(hook)
+                    return
+                try:
+                    task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
+                except (TesServerUnavailableError, TesMalformedResponseError) as err:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since >= self.outage_budget:
+                        yield self._event(
+                            EVENT_ERROR,
+                            f"gave up polling TES task {self.tes_task_id} after {now - failing_since:.0f}s "
+                            f"of failures; last: {err}",
+                            error_type=type(err).__name__,
+                        )
+                        return
+                    self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
+                    await self._sleep()
+                    continue
+                except TesError as err:
+                    yield self._event(EVENT_ERROR, str(err), error_type=type(err).__name__)
+                    return
+                failing_since = None
+                state = task.state or TesState.UNKNOWN
+                if state != last_state:
+                    self.log.info(
+                        "TES task %s is %s (after %s)", self.tes_task_id, state.value, self._elapsed()
+                    )
+                    last_state = state
+                if state.is_terminal:
+                    yield self._event(EVENT_TERMINAL, f"TES task ended {state.value}", state=state.value)
+                    return
+                await self._sleep()
+        finally:
+            await hook.aclose()
+
+    async def _sleep(self) -> None:
+        delay = self.poll_interval
+        if self.deadline is not None:
+            delay = max(0.0, min(delay, self.deadline - time.time()))
+        await asyncio.sleep(delay)
+
+    async def _cancel_for_deadline(self, hook: TesHook) -> TriggerEvent:
+        message = f"TES task {self.tes_task_id} passed its deadline and was canceled"
+        try:
+            await hook.a_cancel_task(self.tes_task_id)
+        except TesError as err:
+            message = f"TES task {self.tes_task_id} passed its deadline; canceling it failed: {err}"
+        self.log.warning(message)
+        return self._event(EVENT_DEADLINE, message)
+
+    async def on_kill(self) -> None:
+        """A user marked the task failed/success or cleared it: stop the remote work too.
+
+        Airflow (>= 3.3) calls this only for user actions, never on triggerer restarts or
+        redistribution, so canceling here cannot kill a task that is merely being moved.
+        """
+        async with TesHook(self.tes_conn_id) as hook:
+            self.log.info("Canceling TES task %s on user request", self.tes_task_id)
+            await hook.a_cancel_task(self.tes_task_id)

@@ -1,0 +1,91 @@
+"""Shared pytest fixtures.
+
+# --- Real integration stack (moto S3 + Funnel TES) ------------------------------
+# Session-scoped; see tests/stack.py for the machinery.  Funnel is built from
+# source by scripts/build-funnel.sh on first use (needs Go; cached afterwards,
+# or point $FUNNEL_BINARY at a prebuilt v0.12.2 binary).  Executors run through
+# scripts/docker-shim in Linux namespaces, so the `funnel` fixture needs root.
+# When any test of the session failed, Funnel's config (passwords redacted) and
+# logs are copied to tests/artifacts/funnel-<timestamp>/.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stack import FunnelServer, MotoServer, find_funnel_binary  # noqa: E402
+
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+TEST_BUCKET = "tes-test"
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """An in-memory S3 (moto server mode) on a free 127.0.0.1 port."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with MotoServer(log_path=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(moto_server: MotoServer) -> str:
+    """Name of an existing bucket ("tes-test") in ``moto_server``."""
+    return moto_server.create_bucket(TEST_BUCKET)
+
+
+@pytest.fixture(scope="session")
+def s3_client(moto_server: MotoServer) -> Any:
+    """A boto3 S3 client for ``moto_server``."""
+    return moto_server.client("s3")
+
+
+@pytest.fixture(scope="session")
+def funnel_binary() -> str:
+    """Path of the Funnel binary (built once, then reused)."""
+    if not os.environ.get("FUNNEL_BINARY") and shutil.which("go") is None:
+        pytest.skip("Funnel needs the Go toolchain to build (or set FUNNEL_BINARY)")
+    return find_funnel_binary()
+
+
+@pytest.fixture(scope="session")
+def funnel(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    funnel_binary: str,
+    moto_server: MotoServer,
+) -> Iterator[FunnelServer]:
+    """A running Funnel server: local compute via the docker shim, GenericS3 -> moto.
+
+    Attributes: ``base_url`` (``http://127.0.0.1:PORT/ga4gh/tes/v1``), ``url``,
+    ``http_port``, ``user`` ("admin"), ``password`` (random per session),
+    ``log_path``, ``workdir``; see ``stack.FunnelServer``.
+    """
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("the Funnel stack runs executors in Linux namespaces and needs root")
+    workdir = tmp_path_factory.mktemp("funnel")
+    server = FunnelServer(
+        funnel_binary,
+        workdir,
+        moto_server.endpoint_url,
+        user="admin",
+        password=secrets.token_urlsafe(18),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        if request.session.testsfailed:
+            dest = server.copy_logs(ARTIFACTS_DIR / time.strftime("funnel-%Y%m%d-%H%M%S"))
+            print(f"\n[stack] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
