@@ -34,6 +34,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -171,7 +172,9 @@ def _stat(path: str) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
-        raise TesConfigurationError(f"input path {path!r} does not exist (or is a dangling symlink)") from None
+        raise TesConfigurationError(
+            f"input path {path!r} does not exist (or is a dangling symlink)"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise TesConfigurationError(f"input path {path!r} is a symlink loop") from None
@@ -233,7 +236,9 @@ def _scan_directory(root: str) -> tuple[list[_LocalFile], list[str]]:
             if stat.S_ISDIR(st.st_mode):
                 node = (st.st_dev, st.st_ino)
                 if node in ancestors:
-                    raise TesConfigurationError(f"input path {shown!r} is a symlink loop (points to {real!r})")
+                    raise TesConfigurationError(
+                        f"input path {shown!r} is a symlink loop (points to {real!r})"
+                    )
                 directories.append(rel)
                 stack.append((real, f"{rel}/", ancestors | {node}))
             elif stat.S_ISREG(st.st_mode):
@@ -282,7 +287,7 @@ def digest_directory(path: str) -> tuple[str, list[tuple[str, str, int]]]:
 def _prefix_conflicts(keys: Sequence[str]) -> list[tuple[str, str]]:
     """Pairs where one key is a string-prefix of another (adjacent once sorted)."""
     ordered = sorted(keys)
-    return [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b.startswith(a)]
+    return [(a, b) for a, b in itertools.pairwise(ordered) if b.startswith(a)]
 
 
 # --------------------------------------------------------------------------- remote side
@@ -381,9 +386,9 @@ class InputStager:
         file share the object and no key ever extends another; ``suffix`` only labels the source.
         """
         digest = _bytes_digest(data)
-        plan = self._file_plan(f"<bytes>{suffix}", _Blob(self._file_key(digest), len(data), data=data), digest)
-        written = self._write_once(plan.blobs[0], check_first=True)
-        return self._result(plan, [written])
+        blob = _Blob(self._file_key(digest), len(data), data=data)
+        plan = self._file_plan(f"<bytes>{suffix}", blob, digest)
+        return self._result(plan, [self._write_once(blob, check_first=True)])
 
     # ----------------------------------------------------------------- planning
 
@@ -403,9 +408,12 @@ class InputStager:
         plans = []
         for item in inputs:
             file_digests = [next(digests) for _ in item.files]
-            plans.append(self._directory_plan(item, file_digests) if item.is_directory else self._file_plan(
-                item.source, _Blob(self._file_key(file_digests[0]), item.files[0].identity.size,
-                                   item.files[0].identity), file_digests[0]))
+            if item.is_directory:
+                plans.append(self._directory_plan(item, file_digests))
+            else:
+                identity, digest = item.files[0].identity, file_digests[0]
+                blob = _Blob(self._file_key(digest), identity.size, identity)
+                plans.append(self._file_plan(item.source, blob, digest))
         return plans
 
     def _directory_plan(self, item: _LocalInput, digests: Sequence[str]) -> _Plan:
@@ -413,11 +421,14 @@ class InputStager:
         digest = _bytes_digest(manifest)
         tree = f"{self.prefix}directory/{digest}/"
         blobs = [_Blob(f"{tree}{f.relpath}", f.identity.size, f.identity) for f in item.files]
-        conflicts = _prefix_conflicts([blob.key[len(tree):] for blob in blobs])
+        conflicts = _prefix_conflicts([blob.key[len(tree) :] for blob in blobs])
         if conflicts:
             log.warning(
                 "%s: %d file name(s) are a string-prefix of another (e.g. %r and %r); Funnel's GenericS3 "
-                "backend will mistake such files for directories", item.source, len(conflicts), *conflicts[0],
+                "backend will mistake such files for directories",
+                item.source,
+                len(conflicts),
+                *conflicts[0],
             )
         marker = _Blob(f"{self.prefix}manifests/{digest}.json", len(manifest), data=manifest)
         return _Plan(item.source, True, digest, self._url(tree), blobs, marker)
@@ -428,14 +439,23 @@ class InputStager:
         """Upload what is missing, then write directory markers, each only after its tree is complete."""
         pending = _gather(pool, [functools.partial(self._pending, plan) for plan in plans])
         jobs = [(i, blob) for i, (blobs, _) in enumerate(pending) for blob in blobs]
-        written = _gather(pool, [functools.partial(self._write_once, blob, check_first=not plans[i].is_directory)
-                                 for i, blob in jobs])
+        # Directory files were just compared with a listing; a single file still needs its HEAD.
+        calls = [
+            functools.partial(self._write_once, blob, check_first=not plans[i].is_directory)
+            for i, blob in jobs
+        ]
+        written = _gather(pool, calls)
         data: list[list[int | None]] = [[] for _ in plans]
         for (i, _), result in zip(jobs, written, strict=True):
             data[i].append(result)
         due = [i for i, (_, marker_due) in enumerate(pending) if marker_due]
-        marks = dict(zip(due, _gather(pool, [functools.partial(self._write_marker, plans[i]) for i in due]),
-                         strict=True))
+        marks = dict(
+            zip(
+                due,
+                _gather(pool, [functools.partial(self._write_marker, plans[i]) for i in due]),
+                strict=True,
+            )
+        )
         return [self._result(plan, data[i], marks.get(i)) for i, plan in enumerate(plans)]
 
     def _result(self, plan: _Plan, data: Sequence[int | None], marker: int | None = None) -> StagedInput:
@@ -445,7 +465,9 @@ class InputStager:
             log.info("%s already staged at %s", plan.source, plan.url)
         else:
             log.info("staged %s at %s (%d of %d bytes uploaded)", plan.source, plan.url, uploaded, plan.size)
-        return StagedInput(plan.source, plan.url, plan.is_directory, plan.digest, plan.size, uploaded, skipped)
+        return StagedInput(
+            plan.source, plan.url, plan.is_directory, plan.digest, plan.size, uploaded, skipped
+        )
 
     def _pending(self, plan: _Plan) -> tuple[list[_Blob], bool]:
         """Blobs that may need writing, and whether a directory marker is due.
@@ -522,8 +544,8 @@ class InputStager:
         return None
 
     def _put(self, blob: _Blob) -> int:
-        action = f"cannot upload {blob.identity.realpath if blob.identity else 'data'} to {self._url(blob.key)}"
-        with _remote(action):
+        source = blob.identity.realpath if blob.identity else "data"
+        with _remote(f"cannot upload {source} to {self._url(blob.key)}"):
             if blob.identity is None or blob.size < self._small_limit:
                 self._s3().put_object(Bucket=self.bucket, Key=blob.key, Body=self._body(blob))
             else:

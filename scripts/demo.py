@@ -1,0 +1,69 @@
+"""`make demo`: start moto (S3) and Funnel (TES) on loopback, run the hello-world DAG with
+`airflow dags test`, and print its XCom result and the output it wrote to S3."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from airflow_env import AirflowEnv, aws_connection, tes_connection  # noqa: E402
+from stack import FunnelServer, MotoServer, find_funnel_binary  # noqa: E402
+
+BUCKET = "tes-demo"
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="tes-demo-") as tmp:
+        root = Path(tmp)
+        (root / "funnel").mkdir()
+        password = secrets.token_urlsafe(16)
+        with (
+            MotoServer(log_path=root / "moto.log") as s3,
+            FunnelServer(find_funnel_binary(), root / "funnel", s3.endpoint_url, "admin", password) as funnel,
+        ):
+            s3.create_bucket(BUCKET)
+            print(f"S3 (moto) at {s3.endpoint_url}, TES (Funnel) at {funnel.base_url}")
+            airflow = AirflowEnv(
+                home=root / "airflow",
+                connections={
+                    "tes_default": tes_connection(
+                        funnel.base_url,
+                        funnel.user,
+                        funnel.password,
+                        inputs_url=f"s3://{BUCKET}/inputs/",
+                        outputs_url=f"s3://{BUCKET}/outputs/",
+                        aws_conn_id="aws_default",
+                        poll_interval=1,
+                    ),
+                    "aws_default": aws_connection(s3.endpoint_url),
+                },
+            )
+            print("Migrating the Airflow metadata DB (SQLite) ...")
+            airflow.migrate()
+            print("Running: airflow dags test example_tes_hello")
+            proc = airflow.dags_test("example_tes_hello", check=False)
+            result = airflow.xcom("example_tes_hello", "hello")
+            if proc.returncode != 0 or not result:
+                print(proc.stdout[-6000:], proc.stderr[-6000:], sep="\n")
+                print("demo FAILED", file=sys.stderr)
+                return 1
+            print("XCom result of task 'hello':")
+            print(json.dumps(result, indent=2))
+            client = s3.client("s3")
+            for url in (result["stdout_url"], result["work_dir_url"] + "greeting.txt"):
+                parts = urlsplit(url)
+                body = client.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"].read()
+                print(f"--- {url}\n{body.decode().rstrip()}")
+            print("demo OK")
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
