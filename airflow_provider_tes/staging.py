@@ -100,8 +100,16 @@ class StagingReport:
         rate = uploaded / self.seconds / 1e6 if self.seconds > 0 else 0.0
         return (
             f"staged {len(self.staged)} input(s): {len(self.staged) - skipped} uploaded, {skipped} skipped; "
-            f"{uploaded / 1e6:.1f} of {total / 1e6:.1f} MB uploaded in {self.seconds:.2f} s ({rate:.1f} MB/s)"
+            f"{_format_bytes(uploaded)} of {_format_bytes(total)} uploaded in {self.seconds:.2f} s "
+            f"({rate:.1f} MB/s)"
         )
+
+
+def _format_bytes(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
 class _FileIdentity(NamedTuple):

@@ -221,7 +221,9 @@ def find_operation(method: str, path: str) -> tuple[str, dict[str, str], dict[st
                 raise SpecViolation(f"{method} {path}: path parameter {name!r} is empty")
         return template, params, operation
     if allowed:
-        raise SpecViolation(f"{method} {path}: the TES spec has no such method here (only {', '.join(allowed)})")
+        raise SpecViolation(
+            f"{method} {path}: the TES spec has no such method here (only {', '.join(allowed)})"
+        )
     raise SpecViolation(f"{method} {path}: no such path in the TES spec")
 
 
@@ -276,7 +278,9 @@ def _check_query(where: str, operation: Mapping[str, Any], params: Any) -> None:
             value = _coerce(values[0], raw_schema)
         schema = {**_convert(copy.deepcopy(raw_schema), request=False), "components": _components(False)}
         for error in jsonschema.Draft4Validator(schema, format_checker=_FORMATS).iter_errors(value):
-            problems.append(f"query parameter {name!r}={values if len(values) > 1 else values[0]!r}: {error.message}")
+            problems.append(
+                f"query parameter {name!r}={values if len(values) > 1 else values[0]!r}: {error.message}"
+            )
     # Only in the spec's prose: "Must be less than 2048".
     for raw in seen.get("page_size", []):
         if _DECIMAL.match(raw) and not 0 < int(raw) < 2048:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spec import schema_errors, validate_request_body, validate_response  # noqa: E402
+from spec import schema_errors, validate_request_body, validate_response
 
-from airflow_provider_tes.models import (  # noqa: E402
+from airflow_provider_tes.models import (
     MAX_INLINE_CONTENT_BYTES,
     TesCreateTaskResponse,
     TesExecutor,
@@ -142,20 +142,23 @@ def test_request_model_rejects_unknown_fields() -> None:
         pytest.param(lambda: TesInput(url="s3://b/k", path="/data/../x"), id="input-dotdot"),
         pytest.param(lambda: TesOutput(url="s3://b/k", path="out.txt"), id="output-relative"),
         pytest.param(
-            lambda: TesOutput(url="s3://b/", path="out/*.txt", path_prefix="/out"), id="output-wildcard-relative"
+            lambda: TesOutput(url="s3://b/", path="out/*.txt", path_prefix="/out"),
+            id="output-wildcard-relative",
         ),
         pytest.param(
-            lambda: TesOutput(url="s3://b/", path="/out/*.txt", path_prefix="out"), id="output-prefix-relative"
+            lambda: TesOutput(url="s3://b/", path="/out/*.txt", path_prefix="out"),
+            id="output-prefix-relative",
         ),
         pytest.param(lambda: TesExecutor(image="a", command=["b"], workdir="data"), id="workdir-relative"),
         pytest.param(lambda: TesExecutor(image="a", command=["b"], stdout="o.txt"), id="stdout-relative"),
         pytest.param(
-            lambda: TesTask(executors=[TesExecutor(image="a", command=["b"])], volumes=["vol"]), id="volume-relative"
+            lambda: TesTask(executors=[TesExecutor(image="a", command=["b"])], volumes=["vol"]),
+            id="volume-relative",
         ),
     ],
 )
 def test_relative_paths_rejected(build: Any) -> None:
-    with pytest.raises(pydantic.ValidationError, match="absolute|normalised"):
+    with pytest.raises(pydantic.ValidationError, match=r"absolute|normalised"):
         build()
 
 
@@ -296,15 +299,22 @@ def test_missing_optional_fields_parse() -> None:
     doc = {"id": "t", "state": "RUNNING", "executors": [{"image": "a", "command": ["b"]}]}
     validate_response("tesTask", doc)
     task = TesTask.from_response(doc)
-    assert task.inputs is None and task.outputs is None and task.logs is None and task.last_log is None
+    assert task.inputs is None
+    assert task.outputs is None
+    assert task.logs is None
+    assert task.last_log is None
     # A task log with neither logs nor outputs (servers omit empty lists).
     task = TesTask.from_response({"id": "t", "state": "RUNNING", "logs": [{}]})
-    assert task.last_log is not None and task.last_log.logs == [] and task.last_log.outputs == []
+    assert task.last_log is not None
+    assert task.last_log.logs == []
+    assert task.last_log.outputs == []
 
 
 def test_minimal_view_response_without_executors() -> None:
     task = TesTask.from_response({"id": "x", "state": "QUEUED"})
-    assert task.id == "x" and task.state is TesState.QUEUED and task.executors == []
+    assert task.id == "x"
+    assert task.state is TesState.QUEUED
+    assert task.executors == []
 
 
 @pytest.mark.xfail(
@@ -323,7 +333,8 @@ def test_basic_view_input_without_content_parses() -> None:
     }
     validate_response("tesTask", doc)
     task = TesTask.from_response(doc)
-    assert task.inputs is not None and task.inputs[0].path == "/scripts/run.sh"
+    assert task.inputs is not None
+    assert task.inputs[0].path == "/scripts/run.sh"
 
 
 @pytest.mark.parametrize("size", ["1024", " 7 ", 2048, "9223372036854775807"])
@@ -358,9 +369,13 @@ def test_unhashable_state_is_a_validation_error(state: Any) -> None:
 
 
 def test_list_and_create_responses() -> None:
-    doc = {"tasks": [{"id": "a", "state": "QUEUED"}, {"id": "b", "state": "CANCELING", "z": 1}], "next_page_token": "n"}
+    doc = {
+        "tasks": [{"id": "a", "state": "QUEUED"}, {"id": "b", "state": "CANCELING", "z": 1}],
+        "next_page_token": "n",
+    }
     page = TesListTasksResponse.from_response(doc)
-    assert [t.id for t in page.tasks] == ["a", "b"] and page.next_page_token == "n"
+    assert [t.id for t in page.tasks] == ["a", "b"]
+    assert page.next_page_token == "n"
     assert TesListTasksResponse.from_response({}).tasks == []
     validate_response("tesCreateTaskResponse", {"id": "a"})
     assert TesCreateTaskResponse.from_response({"id": "a", "extra": 1}).id == "a"
@@ -383,7 +398,8 @@ def test_service_info_response() -> None:
     }
     validate_response("tesServiceInfo", doc)
     info = TesServiceInfo.from_response(doc)
-    assert info.type.artifact == "tes" and info.storage == ["s3://bucket"]
+    assert info.type.artifact == "tes"
+    assert info.storage == ["s3://bucket"]
 
 
 # -- states -------------------------------------------------------------------------------------
@@ -409,7 +425,9 @@ def test_is_terminal(state: str) -> None:
 
 # -- property test --------------------------------------------------------------------------------
 
-_segment = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,7}", fullmatch=True).filter(lambda s: s not in {".", ".."})
+_segment = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,7}", fullmatch=True).filter(
+    lambda s: s not in {".", ".."}
+)
 _abs_path = st.lists(_segment, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
 _text = st.text(max_size=20)
 _opt_text = st.none() | _text
@@ -428,8 +446,13 @@ def _inputs(draw: st.DrawFn) -> list[TesInput]:
         else:
             kind = draw(st.sampled_from(TesFileType))
             items.append(
-                TesInput(url=draw(_url), path=path, type=kind, description=draw(_opt_text),
-                         streamable=draw(st.none() | st.booleans()))
+                TesInput(
+                    url=draw(_url),
+                    path=path,
+                    type=kind,
+                    description=draw(_opt_text),
+                    streamable=draw(st.none() | st.booleans()),
+                )
             )
     return items
 
@@ -438,10 +461,12 @@ def _inputs(draw: st.DrawFn) -> list[TesInput]:
 def _outputs(draw: st.DrawFn) -> TesOutput:
     if draw(st.booleans()):
         prefix = draw(_abs_path)
-        return TesOutput(url=draw(_url), path=prefix + "/*" + draw(st.sampled_from([".txt", "", "?"])),
-                         path_prefix=prefix)
-    return TesOutput(url=draw(_url), path=draw(_abs_path), type=draw(st.sampled_from(TesFileType)),
-                     name=draw(_opt_text))
+        return TesOutput(
+            url=draw(_url), path=prefix + "/*" + draw(st.sampled_from([".txt", "", "?"])), path_prefix=prefix
+        )
+    return TesOutput(
+        url=draw(_url), path=draw(_abs_path), type=draw(st.sampled_from(TesFileType)), name=draw(_opt_text)
+    )
 
 
 _positive = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)

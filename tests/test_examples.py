@@ -1,0 +1,144 @@
+"""The example DAGs, run by real `airflow dags test` against Funnel + moto.
+
+One Airflow home (SQLite) per session; each test runs one DAG and checks what it left
+in S3 and in XCom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from airflow_env import AirflowEnv, aws_connection, tes_connection
+
+pytestmark = pytest.mark.funnel
+
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+
+
+def read_s3(s3_client: Any, url: str) -> str:
+    parts = urlsplit(url)
+    return str(s3_client.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"].read().decode())
+
+
+def s3_exists(s3_client: Any, url: str) -> bool:
+    parts = urlsplit(url)
+    found = s3_client.list_objects_v2(Bucket=parts.netloc, Prefix=parts.path.lstrip("/"))
+    return bool(found.get("KeyCount"))
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str) -> AirflowEnv:
+    env = AirflowEnv(
+        home=tmp_path_factory.mktemp("airflow-home"),
+        connections={
+            "tes_default": tes_connection(
+                funnel.base_url,
+                funnel.user,
+                funnel.password,
+                inputs_url=f"s3://{s3_bucket}/examples/inputs/",
+                outputs_url=f"s3://{s3_bucket}/examples/outputs/",
+                aws_conn_id="aws_default",
+                poll_interval=1,
+            ),
+            "aws_default": aws_connection(moto_server.endpoint_url),
+        },
+    )
+    env.migrate()
+    return env
+
+
+@pytest.fixture
+def test_dags(airflow: AirflowEnv) -> Iterator[AirflowEnv]:
+    """The same Airflow home, reading the DAGs under tests/dags instead of the examples."""
+    original = airflow.dags_folder
+    airflow.dags_folder = TEST_DAGS
+    try:
+        yield airflow
+    finally:
+        airflow.dags_folder = original
+
+
+def _check_common(result: dict[str, Any], s3_client: Any) -> None:
+    assert result["state"] == "COMPLETE"
+    assert result["exit_code"] == 0
+    assert result["attempts"] == [result["tes_task_id"]]
+    assert result["work_dir_url"] == result["outputs_url"] + "work/"
+    assert s3_exists(s3_client, result["stdout_url"])
+    assert s3_exists(s3_client, result["stderr_url"])
+
+
+def test_hello(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
+    airflow.dags_test("example_tes_hello")
+    assert airflow.task_states("example_tes_hello") == {"hello": "success"}
+    result = airflow.xcom("example_tes_hello", "hello")
+    _check_common(result, s3_client)
+    assert result["outputs_url"].startswith(f"s3://{s3_bucket}/examples/outputs/example_tes_hello.hello-")
+    assert read_s3(s3_client, result["work_dir_url"] + "greeting.txt") == "hello TES\n"
+    assert read_s3(s3_client, result["stdout_url"]).startswith("hello from TES, run ")
+    assert {o["path"] for o in result["outputs"]} >= {"/mnt/task/stdout", "/mnt/task/stderr"}
+    assert airflow.xcom("example_tes_hello", "hello", key="tes_task_id") == result["tes_task_id"]
+
+
+def test_staging(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
+    airflow.dags_test("example_tes_staging")
+    result = airflow.xcom("example_tes_staging", "sum_numbers")
+    _check_common(result, s3_client)
+    assert read_s3(s3_client, result["work_dir_url"] + "sum.txt").strip() == "5050"
+    assert read_s3(s3_client, result["work_dir_url"] + "refs.txt") == "alpha\nbeta\n"
+    staged = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="examples/inputs/")
+    keys = {o["Key"] for o in staged.get("Contents", [])}
+    assert any(k.startswith("examples/inputs/file/") for k in keys)
+    assert any(k.startswith("examples/inputs/directory/") for k in keys)
+
+
+def test_preemptible_without_preemption(airflow: AirflowEnv, s3_client: Any) -> None:
+    airflow.dags_test("example_tes_preemptible")
+    result = airflow.xcom("example_tes_preemptible", "cheap_compute")
+    _check_common(result, s3_client)
+    assert read_s3(s3_client, result["work_dir_url"] + "result.txt") == "computed\n"
+
+
+def test_mapped(airflow: AirflowEnv, s3_client: Any) -> None:
+    airflow.dags_test("example_tes_mapped")
+    states = airflow.task_states("example_tes_mapped")
+    assert states == {"samples": "success", **{f"per_sample[{i}]": "success" for i in range(3)}}
+    ids = set()
+    for index, sample in enumerate(("s1", "s2", "s3")):
+        result = airflow.xcom("example_tes_mapped", "per_sample", map_index=index)
+        _check_common(result, s3_client)
+        assert read_s3(s3_client, result["work_dir_url"] + f"{sample}.txt") == f"processed {sample}\n"
+        ids.add(result["tes_task_id"])
+    assert len(ids) == 3
+
+
+def test_pipeline(airflow: AirflowEnv, s3_client: Any) -> None:
+    airflow.dags_test("example_tes_pipeline")
+    produce = airflow.xcom("example_tes_pipeline", "produce")
+    consume = airflow.xcom("example_tes_pipeline", "consume")
+    _check_common(consume, s3_client)
+    assert read_s3(s3_client, produce["work_dir_url"] + "numbers.txt") == "1\n2\n3\n4\n5\n"
+    assert read_s3(s3_client, consume["work_dir_url"] + "count.txt").strip() == "5"
+
+
+def test_executor_failure_reports_exit_code_and_stderr(test_dags: AirflowEnv, s3_client: Any) -> None:
+    proc = test_dags.dags_test("tes_test_failing", check=False)
+    assert test_dags.task_states("tes_test_failing") == {"fail": "failed"}
+    output = proc.stdout + proc.stderr
+    assert "exit code 3" in output
+    assert "something went wrong on purpose" in output
+    tes_id = test_dags.xcom("tes_test_failing", "fail", key="tes_task_id")
+    assert tes_id
+    link = test_dags.xcom("tes_test_failing", "fail", key="tes_task_link")
+    assert link.endswith(f"/tasks/{tes_id}?view=FULL")
+    # outputs of the failed command are still uploaded
+    prefix = "examples/outputs/tes_test_failing.fail-"
+    listing = s3_client.list_objects_v2(Bucket="tes-test", Prefix=prefix)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    assert any(k.endswith("/stderr") for k in keys), keys
+    stderr_key = next(k for k in keys if k.endswith("/stderr"))
+    body = s3_client.get_object(Bucket="tes-test", Key=stderr_key)["Body"].read()
+    assert b"something went wrong on purpose" in body

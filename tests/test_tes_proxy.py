@@ -1,0 +1,362 @@
+"""Mechanics of the fault-injecting TES proxy (tests/tes_proxy.py) against a stub upstream."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from tes_proxy import FAULT_KINDS, TesProxy
+
+AUTH = {"Authorization": "Basic YWRtaW46c2VjcmV0"}
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
+
+
+class StubTes:
+    """A tiny TES imitation: create / get / list / cancel, recording what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.tasks: list[str] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Stub", "yes")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self) -> bytes:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                with stub.lock:
+                    stub.seen.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                return body
+
+            def do_GET(self) -> None:
+                self._record()
+                path = self.path.split("?", 1)[0]
+                if path == "/ga4gh/tes/v1/tasks":
+                    with stub.lock:
+                        tasks = [{"id": t, "state": "RUNNING"} for t in stub.tasks]
+                    self._send(200, {"tasks": tasks, "next_page_token": ""})
+                elif m := re.fullmatch(r"/ga4gh/tes/v1/tasks/([^/:]+)", path):
+                    if m.group(1) in stub.tasks:
+                        self._send(200, {"id": m.group(1), "state": "RUNNING"})
+                    else:
+                        self._send(404, {"message": "not found"})
+                else:
+                    self._send(404, {"message": "no route"})
+
+            def do_POST(self) -> None:
+                self._record()
+                if self.path == "/ga4gh/tes/v1/tasks":
+                    with stub.lock:
+                        task_id = f"t{len(stub.tasks) + 1}"
+                        stub.tasks.append(task_id)
+                    self._send(200, {"id": task_id})
+                elif self.path.endswith(":cancel"):
+                    self._send(200, {})
+                else:
+                    self._send(404, {"message": "no route"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def requests_of(self, method: str, path_end: str = "") -> list[dict[str, Any]]:
+        with self.lock:
+            return [s for s in self.seen if s["method"] == method and s["path"].endswith(path_end)]
+
+
+@pytest.fixture
+def stub() -> Iterator[StubTes]:
+    s = StubTes()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def proxy(stub: StubTes) -> Iterator[TesProxy]:
+    with TesProxy(stub.url, seed=7) as p:
+        yield p
+
+
+@pytest.fixture
+def client(proxy: TesProxy) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=5) as c:
+        yield c
+
+
+def create(client: httpx.Client, name: str = "task") -> str:
+    r = client.post("/tasks", json={"name": name, "executors": [{"image": "alpine", "command": ["true"]}]})
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+# --- forwarding -----------------------------------------------------------------------------
+
+
+def test_forwarding_preserves_request_and_response(
+    proxy: TesProxy, stub: StubTes, client: httpx.Client
+) -> None:
+    assert proxy.url.startswith("http://127.0.0.1:")
+    assert proxy.base_url == proxy.url + "/ga4gh/tes/v1"
+    body = {"name": "hello", "executors": [{"image": "alpine", "command": ["echo", "hi"]}]}
+    r = client.post("/tasks", json=body, headers={"X-Custom": "42"})
+    assert r.status_code == 200 and r.json() == {"id": "t1"}
+    assert r.headers["X-Stub"] == "yes"
+    seen = stub.requests_of("POST", "/tasks")[0]
+    assert seen["path"] == "/ga4gh/tes/v1/tasks"
+    assert json.loads(seen["body"]) == body
+    assert seen["headers"]["Authorization"] == AUTH["Authorization"]
+    assert seen["headers"]["X-Custom"] == "42"
+
+    r = client.get("/tasks/t1", params={"view": "FULL"})
+    assert r.json() == {"id": "t1", "state": "RUNNING"}
+    assert stub.requests_of("GET")[-1]["path"] == "/ga4gh/tes/v1/tasks/t1?view=FULL"
+    assert client.get("/tasks/nope").status_code == 404  # upstream status passed through
+
+    assert proxy.created == [("t1", body)]
+    assert proxy.requests == [
+        ("POST", "/ga4gh/tes/v1/tasks"),
+        ("GET", "/ga4gh/tes/v1/tasks/t1?view=FULL"),
+        ("GET", "/ga4gh/tes/v1/tasks/nope"),
+    ]
+    assert proxy.stats["requests"] == 3 and proxy.stats["forwarded"] == 3
+    assert proxy.stats["injected_total"] == 0
+    assert proxy.stats["connections"] == 1  # keep-alive: one connection for all three
+
+
+def test_many_concurrent_requests(proxy: TesProxy, stub: StubTes) -> None:
+    with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=10) as c:
+        ids = list(ThreadPoolExecutor(max_workers=32).map(lambda i: create(c, f"n{i}"), range(100)))
+        assert len(set(ids)) == 100
+        codes = ThreadPoolExecutor(max_workers=32).map(lambda t: c.get(f"/tasks/{t}").status_code, ids)
+        assert set(codes) == {200}
+    assert proxy.stats["forwarded"] == 200
+    assert len(proxy.created) == 100
+
+
+def test_upstream_down_gives_502() -> None:
+    with TesProxy("http://127.0.0.1:9", seed=0) as p, httpx.Client(timeout=5) as c:
+        r = c.get(p.base_url + "/service-info")
+        assert r.status_code == 502
+        assert "upstream error" in r.json()["message"]
+        assert p.stats["upstream_errors"] == 1
+        assert c.get(p.base_url + "/service-info").status_code == 502  # server thread still alive
+
+
+# --- preemption and state rewriting -----------------------------------------------------------
+
+
+def test_preempt_cancels_upstream_and_rewrites_state(
+    proxy: TesProxy, stub: StubTes, client: httpx.Client
+) -> None:
+    proxy.preempt(1)
+    first, second = create(client), create(client)
+    assert proxy.preempted_ids == [first]
+    assert proxy.cancelled_ids == [first]
+    cancels = stub.requests_of("POST", ":cancel")
+    assert [c["path"] for c in cancels] == [f"/ga4gh/tes/v1/tasks/{first}:cancel"]
+    assert cancels[0]["headers"]["Authorization"] == AUTH["Authorization"]
+
+    assert client.get(f"/tasks/{first}").json()["state"] == "PREEMPTED"
+    assert client.get(f"/tasks/{first}", params={"view": "MINIMAL"}).json()["state"] == "PREEMPTED"
+    assert client.get(f"/tasks/{second}").json()["state"] == "RUNNING"
+    listed = {t["id"]: t["state"] for t in client.get("/tasks", params={"view": "MINIMAL"}).json()["tasks"]}
+    assert listed == {first: "PREEMPTED", second: "RUNNING"}
+    assert [i for i, _ in proxy.created] == [first, second]
+
+
+def test_preempt_name_prefix(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
+    proxy.preempt(2, name_prefix="pre-")
+    ids = [create(client, n) for n in ("other", "pre-a", "x-pre", "pre-b", "pre-c")]
+    assert proxy.preempted_ids == [ids[1], ids[3]]
+    assert len(stub.requests_of("POST", ":cancel")) == 2
+    states = [client.get(f"/tasks/{i}").json()["state"] for i in ids]
+    assert states == ["RUNNING", "PREEMPTED", "RUNNING", "PREEMPTED", "RUNNING"]
+
+
+def test_rewrite_state(proxy: TesProxy, client: httpx.Client) -> None:
+    a, b = create(client), create(client)
+    proxy.rewrite_state(b, "SYSTEM_ERROR")
+    assert client.get(f"/tasks/{a}").json()["state"] == "RUNNING"
+    assert client.get(f"/tasks/{b}").json()["state"] == "SYSTEM_ERROR"
+    listed = {t["id"]: t["state"] for t in client.get("/tasks").json()["tasks"]}
+    assert listed == {a: "RUNNING", b: "SYSTEM_ERROR"}
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["500", "502", "503"])
+def test_fault_status_not_forwarded(proxy: TesProxy, stub: StubTes, client: httpx.Client, kind: str) -> None:
+    proxy.set_faults(1.0, [kind])
+    r = client.post("/tasks", json={"name": "x"})
+    assert r.status_code == int(kind)
+    assert r.json() == {"message": "injected"}
+    assert stub.seen == []
+    assert proxy.stats["injected"][kind] == 1 and proxy.stats["forwarded"] == 0
+    assert proxy.created == []
+
+
+def test_fault_429_retry_after(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
+    proxy.set_faults(1.0, ["429"])
+    r = client.get("/tasks/t1")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    assert stub.seen == []
+
+
+def test_fault_reset_not_forwarded(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
+    proxy.set_faults(1.0, ["reset"])
+    with pytest.raises(DROPPED):
+        client.post("/tasks", json={"name": "x"})
+    assert stub.seen == []
+    assert proxy.stats["injected"]["reset"] == 1
+    proxy.clear_faults()
+    assert client.get("/tasks").status_code == 200  # the client recovers on a new connection
+
+
+def test_fault_drop_response_is_forwarded(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
+    proxy.set_faults(1.0, ["drop_response"], methods=["POST"])
+    with pytest.raises(DROPPED):
+        client.post("/tasks", json={"name": "ambiguous"})
+    assert len(stub.requests_of("POST", "/tasks")) == 1  # the server did create the task
+    assert proxy.created == [("t1", {"name": "ambiguous"})]
+    assert proxy.stats["forwarded"] == 1
+    # GETs are not matched by methods=["POST"]: the task is visible.
+    assert client.get("/tasks/t1").json()["state"] == "RUNNING"
+
+
+def test_fault_truncate(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
+    create(client)
+    proxy.set_faults(1.0, ["truncate"], path_regex=r"/tasks/[^/]+$")
+    with pytest.raises(DROPPED):
+        client.get("/tasks/t1")
+    assert len(stub.requests_of("GET")) == 1
+    assert client.get("/tasks").status_code == 200  # path_regex did not match the list endpoint
+
+
+def test_fault_delay_times_out_client(proxy: TesProxy, stub: StubTes) -> None:
+    proxy.delay_seconds = 1.0
+    proxy.set_faults(1.0, ["delay"])
+    with httpx.Client(base_url=proxy.base_url, timeout=0.3) as c:
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/tasks", json={"name": "slow"})
+        assert time.monotonic() - t0 < 0.9
+    assert len(stub.requests_of("POST", "/tasks")) == 1  # forwarded before the delay
+    proxy.clear_faults()
+    with httpx.Client(base_url=proxy.base_url, timeout=0.3) as c:
+        assert c.get("/tasks").status_code == 200
+
+
+def test_limit_and_clear_faults(proxy: TesProxy, client: httpx.Client) -> None:
+    proxy.set_faults(1.0, ["503"], limit=2)
+    assert [client.get("/tasks").status_code for _ in range(3)] == [503, 503, 200]
+    proxy.set_faults(1.0, ["500"])
+    assert client.get("/tasks").status_code == 500
+    proxy.clear_faults()
+    assert client.get("/tasks").status_code == 200
+    assert [k for _, _, k in proxy.fault_log] == ["503", "503", "500"]
+
+
+def test_invalid_fault_config(proxy: TesProxy) -> None:
+    with pytest.raises(ValueError, match="unknown fault"):
+        proxy.set_faults(0.5, ["boom"])
+    with pytest.raises(ValueError, match="rate"):
+        proxy.set_faults(1.5, ["500"])
+
+
+def _outcomes(stub: StubTes, seed: int) -> list[str]:
+    with TesProxy(stub.url, seed=seed) as p, httpx.Client(base_url=p.base_url, timeout=5) as c:
+        p.set_faults(0.5, ["500", "503", "429"])
+        out = [str(c.get("/tasks").status_code) for _ in range(40)]
+        assert [k for _, _, k in p.fault_log] == [o for o in out if o != "200"]
+        return out
+
+
+def test_seeded_determinism(stub: StubTes) -> None:
+    a, b, c = _outcomes(stub, 1), _outcomes(stub, 1), _outcomes(stub, 2)
+    assert a == b
+    assert a != c
+    assert {"200", "500", "503", "429"} <= set(a)
+
+
+def test_all_kinds_mixed_under_concurrency(proxy: TesProxy, stub: StubTes) -> None:
+    """Every kind at once from many threads: the proxy survives and keeps serving."""
+    proxy.delay_seconds = 0.5
+    proxy.set_faults(0.7, FAULT_KINDS)
+
+    def one(i: int) -> str:
+        try:
+            with httpx.Client(base_url=proxy.base_url, timeout=0.3) as c:
+                return str(c.get("/tasks").status_code)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    results = list(ThreadPoolExecutor(max_workers=16).map(one, range(80)))
+    assert "200" in results and len(set(results)) > 3
+    proxy.clear_faults()
+    with httpx.Client(base_url=proxy.base_url, timeout=5) as c:
+        assert c.get("/tasks").status_code == 200
+    assert proxy.stats["injected_total"] == sum(proxy.stats["injected"].values())
+
+
+def test_stop_is_prompt_with_pending_delay(stub: StubTes) -> None:
+    p = TesProxy(stub.url).start()
+    p.delay_seconds = 30
+    p.set_faults(1.0, ["delay"])
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            httpx.get(p.base_url + "/tasks", timeout=60)
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while p.stats["forwarded"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # An idle keep-alive connection must not hold stop() up either.
+    idle = httpx.Client(timeout=5)
+    p.clear_faults()
+    assert idle.get(p.base_url + "/tasks").status_code == 200
+    t0 = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t0 < 2
+    t.join(timeout=5)
+    assert not t.is_alive() and errors
+    with pytest.raises(httpx.HTTPError):
+        idle.get(p.base_url + "/tasks")
+    idle.close()
+    p.stop()  # idempotent
