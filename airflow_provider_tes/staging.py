@@ -30,6 +30,7 @@ directories and Funnel does not recreate them; no placeholder keys are written f
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -42,7 +43,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -372,7 +373,6 @@ class InputStager:
         self._multipart_threshold = multipart_threshold
         self._multipart_gate = threading.Semaphore(1)
         self._lock = threading.Lock()
-        self._writes: dict[str, Future[int | None]] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -380,9 +380,12 @@ class InputStager:
         """Make every path available in the bucket; returns where each one is and what was sent."""
         started = time.perf_counter()
         inputs = [_local_input(path) for path in paths]
-        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tes-staging") as pool:
-            plans = self._plan(inputs, pool)
-            staged = self._sync(plans, pool)
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tes-staging")
+        try:
+            staged = self._sync(self._plan(inputs, pool), pool)
+        finally:
+            # On failure (or the task being killed) start nothing new; running uploads finish.
+            pool.shutdown(wait=True, cancel_futures=True)
         report = StagingReport(staged, time.perf_counter() - started)
         log.info("%s", report.summary())
         return report
@@ -396,7 +399,7 @@ class InputStager:
         digest = _bytes_digest(data)
         blob = _Blob(self._file_key(digest), len(data), data=data)
         plan = self._file_plan(f"<bytes>{suffix}", blob, digest)
-        return self._result(plan, [self._write_once(blob, check_first=True)])
+        return self._result(plan, [self._ensure(blob)])
 
     # ----------------------------------------------------------------- planning
 
@@ -446,29 +449,44 @@ class InputStager:
     def _sync(self, plans: Sequence[_Plan], pool: ThreadPoolExecutor) -> list[StagedInput]:
         """Upload what is missing, then write directory markers, each only after its tree is complete."""
         pending = _gather(pool, [functools.partial(self._pending, plan) for plan in plans])
-        jobs = [(i, blob) for i, (blobs, _) in enumerate(pending) for blob in blobs]
         # Directory files were just compared with a listing; a single file still needs its HEAD.
-        calls = [
-            functools.partial(self._write_once, blob, check_first=not plans[i].is_directory)
-            for i, blob in jobs
-        ]
-        written = _gather(pool, calls)
-        data: list[list[int | None]] = [[] for _ in plans]
-        for (i, _), result in zip(jobs, written, strict=True):
-            data[i].append(result)
-        due = [i for i, (_, marker_due) in enumerate(pending) if marker_due]
-        marks = dict(
-            zip(
-                due,
-                _gather(pool, [functools.partial(self._write_marker, plans[i]) for i in due]),
-                strict=True,
-            )
+        data = self._write_all(
+            pool,
+            [(i, blob, not plans[i].is_directory) for i, (blobs, _) in enumerate(pending) for blob in blobs],
         )
-        return [self._result(plan, data[i], marks.get(i)) for i, plan in enumerate(plans)]
+        markers = self._write_all(
+            pool, [(i, plan.marker, False) for i, plan in enumerate(plans) if plan.marker and pending[i][1]]
+        )
+        return [self._result(plan, data[i], markers[i]) for i, plan in enumerate(plans)]
 
-    def _result(self, plan: _Plan, data: Sequence[int | None], marker: int | None = None) -> StagedInput:
-        uploaded = sum(size for size in data if size is not None)
-        skipped = marker is None and all(size is None for size in data)
+    def _write_all(
+        self, pool: ThreadPoolExecutor, jobs: Sequence[tuple[int, _Blob, bool]]
+    ) -> collections.defaultdict[int, list[int | None]]:
+        """Write each distinct key once, however many inputs share it; results grouped by input.
+
+        Inputs with the same content map to the same key; writing it twice would overwrite it.
+        """
+        unique: dict[str, tuple[int, _Blob, bool]] = {}
+        for job in jobs:
+            unique.setdefault(job[1].key, job)
+        calls = [
+            functools.partial(self._ensure if check else self._put, blob)
+            for _, blob, check in unique.values()
+        ]
+        grouped: collections.defaultdict[int, list[int | None]] = collections.defaultdict(list)
+        for (i, _, _), written in zip(unique.values(), _gather(pool, calls), strict=True):
+            grouped[i].append(written)
+        return grouped
+
+    def _result(
+        self, plan: _Plan, data: Sequence[int | None], marker: Sequence[int | None] = ()
+    ) -> StagedInput:
+        """Describe a staged input from what each of its writes did (bytes sent, None: already there).
+
+        ``uploaded_bytes`` counts the input's own bytes; a marker write only clears ``skipped``.
+        """
+        uploaded = sum(size or 0 for size in data)
+        skipped = all(size is None for size in [*data, *marker])
         if skipped:
             log.info("%s already staged at %s", plan.source, plan.url)
         else:
@@ -511,34 +529,6 @@ class InputStager:
         with _remote(f"cannot list {self._url(prefix)}"):
             pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             return {obj["Key"]: obj["Size"] for page in pages for obj in page.get("Contents", [])}
-
-    def _write_marker(self, plan: _Plan) -> int | None:
-        assert plan.marker is not None
-        return self._write_once(plan.marker, check_first=False)
-
-    def _write_once(self, blob: _Blob, *, check_first: bool) -> int | None:
-        """Write a key at most once per stager, even when several inputs share it concurrently.
-
-        Returns the bytes written, or None when the object was already there (or another input of
-        this stager wrote it).  A failed write is forgotten, so a later call retries it.
-        """
-        with self._lock:
-            future = self._writes.get(blob.key)
-            owner = future is None
-            if future is None:
-                future = self._writes[blob.key] = Future()
-        if not owner:
-            future.result()
-            return None
-        try:
-            result = self._ensure(blob) if check_first else self._put(blob)
-        except BaseException as exc:
-            with self._lock:
-                del self._writes[blob.key]
-            future.set_exception(exc)
-            raise
-        future.set_result(result)
-        return result
 
     def _ensure(self, blob: _Blob) -> int | None:
         """Write unless an object of the right size is already there; never overwrite another one."""
@@ -601,6 +591,8 @@ def _client_from_connection(aws_conn_id: str | None, max_workers: int) -> S3Clie
     ``max_workers`` part uploads of the one multipart transfer that may run beside them, or urllib3
     drops connections and logs a warning for each.  The connection's own botocore config is kept.
     """
+    # Imported on use: operator modules import this one while DAG files are parsed, where the amazon
+    # provider's import cost would be paid for nothing.
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     hook = S3Hook(aws_conn_id=aws_conn_id)

@@ -239,8 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "drop_response":
                 self._drop()
                 return
-            if kind == "delay":
-                proxy._stop_event.wait(proxy.delay_seconds)
+            if kind == "delay" and proxy._stop_event.wait(proxy.delay_seconds):
+                self._drop()  # the proxy is stopping: don't answer late
+                return
             out_headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
             self._write_response(resp.status_code, out_headers, content, truncate=kind == "truncate")
         except Exception as exc:  # never let a handler thread die noisily

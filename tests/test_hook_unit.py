@@ -565,11 +565,6 @@ def test_create_ambiguous_every_time_gives_up(basic_conn: None) -> None:
     assert h.count("GET") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.py TesInput._one_source: the BASIC view omits tesInput.content, so the "
-    "create_task lookup (view=BASIC) of a task with an inline input raises TesMalformedResponseError.",
-)
 def test_create_lookup_of_task_with_inline_content(basic_conn: None) -> None:
     server = FakeServer(fail_posts=[(503, True)])
     h = Harness(server.handler)
@@ -778,12 +773,6 @@ async def test_async_concurrency_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     await hook.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG hooks/tes.py TesHook.a_get_conn: no guard across the `await self.a_settings()`; "
-    "concurrent first calls each build their own AsyncClient and Semaphore, so the cap and the "
-    "one-client rule are broken (20 clients, 20 in flight).",
-)
 async def test_async_concurrency_cap_on_a_fresh_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     flight = InFlight()
     hook, _transport = _concurrency_hook(monkeypatch, flight)

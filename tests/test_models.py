@@ -215,22 +215,12 @@ def test_resources_must_be_positive(field: str) -> None:
         TesResources(**{field: 0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.py TesResources: ram_gb/disk_gb accept inf, which is dumped as Infinity "
-    "(not JSON; httpx refuses to send it). Fix: Field(..., allow_inf_nan=False).",
-)
 @pytest.mark.parametrize("field", ["ram_gb", "disk_gb"])
 def test_resources_reject_infinity(field: str) -> None:
     with pytest.raises(pydantic.ValidationError):
         TesResources(**{field: float("inf")})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.py _check_container_path: posixpath.normpath keeps a leading '//', "
-    "so '//data' passes the 'no //' check.",
-)
 def test_double_leading_slash_rejected() -> None:
     with pytest.raises(pydantic.ValidationError):
         TesInput(url="s3://b/k", path="//data")
@@ -317,13 +307,6 @@ def test_minimal_view_response_without_executors() -> None:
     assert task.executors == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.py TesInput._one_source: runs on the response path too, but the BASIC view "
-    "omits tesInput.content, so a BASIC task with an inline input fails to parse "
-    "(breaks get_task(view=BASIC) and find_task_by_identity). Fix: skip the check when "
-    "info.context['lenient'].",
-)
 def test_basic_view_input_without_content_parses() -> None:
     doc = {
         "id": "t",
@@ -356,12 +339,6 @@ def test_unknown_state_is_a_validation_error() -> None:
         TesTask.from_response({"id": "x", "state": "queued"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.py TesTask._known_state: `v not in TesState.__members__` raises a bare "
-    "TypeError (not a ValidationError) for an unhashable state such as a list or object. "
-    "Fix: `if v is not None and not (isinstance(v, str) and v in TesState.__members__)`.",
-)
 @pytest.mark.parametrize("state", [["QUEUED"], {"s": "QUEUED"}])
 def test_unhashable_state_is_a_validation_error(state: Any) -> None:
     with pytest.raises(pydantic.ValidationError):

@@ -198,35 +198,114 @@ def test_wrong_password_is_401(funnel: FunnelServer) -> None:
 
 
 def test_list_tasks_filters(tes: httpx.Client) -> None:
-    """Observed ListTasks filtering of Funnel v0.12.2 (boltdb).
+    """Observed ListTasks filtering of Funnel v0.12.2 (boltdb): the filters WORK.
 
-    FILLED IN FROM OBSERVATION.
+    * ``name_prefix`` filters on the task name prefix.
+    * ``tag_key``/``tag_value`` filter on tags; repeated pairs are ANDed; a
+      ``tag_key`` without a ``tag_value`` matches any value of that key; a
+      non-matching value gives an empty list.
+    * Newest first.  ``page_size`` counts *matching* tasks; ``next_page_token``
+      is the last returned id whenever a page is full (so a final empty page is
+      possible) and ``""`` (not absent) otherwise.
+    * The default (MINIMAL) view returns every field, zero-valued
+      (``"name": ""``, ``"creation_time": ""``, ``"resources": null``, ...), even
+      when a tag filter is given; only ``id`` and ``state`` are meaningful.
     """
     run = uuid.uuid4().hex[:8]
-    specs = [("a1", "a"), ("a2", "a"), ("b1", "b")]
     ids: dict[str, str] = {}
-    for suffix, flavour in specs:
+    for suffix, flavour in [("a1", "a"), ("a2", "a"), ("b1", "b")]:
         ids[suffix] = create_task(tes, {
             "name": f"stackls-{run}-{suffix}",
             "tags": {"stack-run": run, "flavour": flavour},
             "executors": [{"image": "alpine:3.20", "command": ["true"]}],
         })
 
-    def listed(**params: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    def listed(**params: Any) -> tuple[list[str], dict[str, Any]]:
         resp = tes.get("/tasks", params=params)
         assert resp.status_code == 200, resp.text
-        tasks = resp.json().get("tasks", [])
-        return [t["id"] for t in tasks], tasks
+        body = resp.json()
+        return [t["id"] for t in body.get("tasks", [])], body
 
-    got, tasks = listed(name_prefix=f"stackls-{run}-a")
-    print("name_prefix", got, tasks)
-    got, tasks = listed(tag_key="stack-run", tag_value=run)
-    print("tag run", got, tasks)
-    got, tasks = listed(tag_key=["stack-run", "flavour"], tag_value=[run, "a"])
-    print("tag run+a", got, tasks)
-    got, tasks = listed(tag_key="flavour")
-    print("tag flavour only", got[:5], tasks[:2])
-    got, tasks = listed(tag_key="stack-run", tag_value="nope")
-    print("tag nope", got, tasks)
-    print(ids)
-    assert False
+    newest_first = [ids["b1"], ids["a2"], ids["a1"]]
+
+    got, body = listed(name_prefix=f"stackls-{run}-a")
+    assert got == [ids["a2"], ids["a1"]]
+    assert body["next_page_token"] == ""
+    minimal = body["tasks"][0]
+    assert minimal["name"] == "" and minimal["creation_time"] == "" and minimal["resources"] is None
+    assert minimal["state"] in {"QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"}
+
+    got, _ = listed(name_prefix=f"stackls-{run}-a", view="BASIC")
+    assert got == [ids["a2"], ids["a1"]]
+    got, _ = listed(name_prefix=f"stackls-{run}-zzz")
+    assert got == []
+
+    got, body = listed(tag_key="stack-run", tag_value=run)
+    assert got == newest_first
+    assert body["tasks"][0]["tags"] == {}  # still MINIMAL
+    got, body = listed(tag_key="stack-run", tag_value=run, view="BASIC")
+    assert got == newest_first
+    assert body["tasks"][0]["tags"] == {"stack-run": run, "flavour": "b"}
+    got, _ = listed(tag_key=["stack-run", "flavour"], tag_value=[run, "a"])
+    assert got == [ids["a2"], ids["a1"]]
+    got, _ = listed(tag_key="stack-run", tag_value="no-such-run")
+    assert got == []
+    got, _ = listed(tag_key="flavour")  # key only: any value
+    assert set(newest_first) <= set(got)
+    got, _ = listed(tag_key=["stack-run", "flavour"], tag_value=[run, "b"], name_prefix=f"stackls-{run}-a")
+    assert got == []
+
+    # Paging counts matching tasks only.
+    got, body = listed(tag_key="stack-run", tag_value=run, page_size=2)
+    assert got == newest_first[:2]
+    assert body["next_page_token"] == ids["a2"]
+    got, body = listed(tag_key="stack-run", tag_value=run, page_size=2, page_token=body["next_page_token"])
+    assert got == newest_first[2:]
+    assert body["next_page_token"] == ""
+    got, body = listed(tag_key="stack-run", tag_value=run, page_size=3)
+    assert body["next_page_token"] == ids["a1"]  # full page -> token, ...
+    got, body = listed(tag_key="stack-run", tag_value=run, page_size=3, page_token=ids["a1"])
+    assert got == [] and body["next_page_token"] == ""  # ... then an empty final page
+
+    for task_id in ids.values():
+        wait_for_state(tes, task_id, TERMINAL_STATES, timeout=60)
+    got, _ = listed(tag_key="stack-run", tag_value=run, state="COMPLETE")
+    assert got == newest_first
+
+
+def test_recorded_api_quirks(funnel: FunnelServer, tes: httpx.Client) -> None:
+    """Other Funnel v0.12.2 behaviour a TES client has to live with."""
+    task_id = create_task(tes, {"executors": [{"image": "alpine:3.20", "command": ["true"]}]})
+    assert wait_for_state(tes, task_id, TERMINAL_STATES)["state"] == "COMPLETE"
+
+    # Cancelling a finished task is a 500, not a no-op.
+    resp = tes.post(f"/tasks/{task_id}:cancel")
+    assert resp.status_code == 500
+    assert "terminal" in resp.json()["error"]
+    assert tes.get(f"/tasks/{task_id}").json()["state"] == "COMPLETE"
+
+    # Unknown task: 404 for get and cancel.
+    assert tes.get("/tasks/no-such-task").status_code == 404
+    assert tes.post("/tasks/no-such-task:cancel").status_code == 404
+
+    # Request bodies are decoded strictly; validation errors are 400.
+    resp = tes.post("/tasks", json={"executors": [{"image": "a", "command": ["true"]}], "bogus": 1})
+    assert resp.status_code == 400 and "unknown field" in resp.json()["error"]
+    assert tes.post("/tasks", json={"executors": []}).status_code == 400
+    resp = tes.post("/tasks", json={
+        "executors": [{"image": "a", "command": ["true"]}],
+        "resources": {"backend_parameters": {"x": "y"}, "backend_parameters_strict": True},
+    })
+    assert resp.status_code == 400
+
+    # The API is served under /ga4gh/tes/v1, /v1 and the root.
+    auth = (funnel.user, funnel.password)
+    for prefix in ("", "/v1"):
+        assert httpx.get(f"{funnel.url}{prefix}/tasks", auth=auth, timeout=10).status_code == 200
+        assert httpx.get(f"{funnel.url}{prefix}/service-info", auth=auth, timeout=10).status_code == 200
+
+    # FULL view of a finished task: executor exit code, times, system logs.
+    full = get_full(tes, task_id)
+    assert full["logs"][0]["logs"][0]["exit_code"] == 0
+    assert full["logs"][0]["system_logs"]
+    assert full["creation_time"]

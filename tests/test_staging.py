@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -262,13 +263,14 @@ def test_second_directory_run_is_skipped_with_one_head(
 def test_interrupted_directory_upload_is_completed(
     tree: Path, prefix: str, stager: Callable[..., InputStager], s3_client: Any, calls: Any
 ) -> None:
-    [first] = stager().stage([str(tree)]).staged
+    same_stager = stager()  # also proves a stager remembers nothing it would have to re-check
+    [first] = same_stager.stage([str(tree)]).staged
     lost = f"{prefix}directory/{first.digest}/idx/genome.bwt"
     marker = f"{prefix}manifests/{first.digest}.json"
     s3_client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": lost}, {"Key": marker}]})
     calls.clear()
 
-    [item] = stager().stage([str(tree)]).staged
+    [item] = same_stager.stage([str(tree)]).staged
     operations = dict(calls)
 
     assert (item.uploaded_bytes, item.skipped) == (len(b"\x00\x01" * 5000), False)
@@ -276,6 +278,19 @@ def test_interrupted_directory_upload_is_completed(
     assert sha256(read(s3_client, marker)) == first.digest
     # One HEAD for the marker, one listing of the tree, and only the missing object plus the marker sent.
     assert operations == {"HeadObject": 1, "ListObjectsV2": 1, "PutObject": 2}
+
+
+def test_identical_directories_in_one_run_are_written_once(
+    tree: Path, tmp_path: Path, stager: Callable[..., InputStager], calls: Any
+) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(tree, twin)
+
+    first, second = stager().stage([str(tree), str(twin)]).staged
+
+    assert first.url == second.url
+    assert (first.skipped, second.skipped, second.uploaded_bytes) == (False, True, 0)
+    assert calls["PutObject"] == sum(1 for p in tree.rglob("*") if p.is_file()) + 1  # files + marker
 
 
 def test_directory_with_a_foreign_object_is_refused(

@@ -30,6 +30,7 @@ class StubTes:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -47,9 +48,8 @@ class StubTes:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 with stub.lock:
-                    stub.seen.append(
-                        {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-                    )
+                    seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
+                    stub.seen.append({**seen, "body": body})
                 return body
 
             def do_GET(self) -> None:
@@ -130,7 +130,8 @@ def test_forwarding_preserves_request_and_response(
     assert proxy.base_url == proxy.url + "/ga4gh/tes/v1"
     body = {"name": "hello", "executors": [{"image": "alpine", "command": ["echo", "hi"]}]}
     r = client.post("/tasks", json=body, headers={"X-Custom": "42"})
-    assert r.status_code == 200 and r.json() == {"id": "t1"}
+    assert r.status_code == 200
+    assert r.json() == {"id": "t1"}
     assert r.headers["X-Stub"] == "yes"
     seen = stub.requests_of("POST", "/tasks")[0]
     assert seen["path"] == "/ga4gh/tes/v1/tasks"
@@ -149,19 +150,20 @@ def test_forwarding_preserves_request_and_response(
         ("GET", "/ga4gh/tes/v1/tasks/t1?view=FULL"),
         ("GET", "/ga4gh/tes/v1/tasks/nope"),
     ]
-    assert proxy.stats["requests"] == 3 and proxy.stats["forwarded"] == 3
+    assert proxy.stats["requests"] == 3
+    assert proxy.stats["forwarded"] == 3
     assert proxy.stats["injected_total"] == 0
     assert proxy.stats["connections"] == 1  # keep-alive: one connection for all three
 
 
 def test_many_concurrent_requests(proxy: TesProxy, stub: StubTes) -> None:
     with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=10) as c:
-        ids = list(ThreadPoolExecutor(max_workers=32).map(lambda i: create(c, f"n{i}"), range(100)))
-        assert len(set(ids)) == 100
+        ids = list(ThreadPoolExecutor(max_workers=32).map(lambda i: create(c, f"n{i}"), range(60)))
+        assert len(set(ids)) == 60
         codes = ThreadPoolExecutor(max_workers=32).map(lambda t: c.get(f"/tasks/{t}").status_code, ids)
         assert set(codes) == {200}
-    assert proxy.stats["forwarded"] == 200
-    assert len(proxy.created) == 100
+    assert proxy.stats["forwarded"] == 120
+    assert len(proxy.created) == 60
 
 
 def test_upstream_down_gives_502() -> None:
@@ -223,14 +225,16 @@ def test_fault_status_not_forwarded(proxy: TesProxy, stub: StubTes, client: http
     assert r.status_code == int(kind)
     assert r.json() == {"message": "injected"}
     assert stub.seen == []
-    assert proxy.stats["injected"][kind] == 1 and proxy.stats["forwarded"] == 0
+    assert proxy.stats["injected"][kind] == 1
+    assert proxy.stats["forwarded"] == 0
     assert proxy.created == []
 
 
 def test_fault_429_retry_after(proxy: TesProxy, stub: StubTes, client: httpx.Client) -> None:
     proxy.set_faults(1.0, ["429"])
     r = client.get("/tasks/t1")
-    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    assert r.status_code == 429
+    assert r.headers["Retry-After"] == "1"
     assert stub.seen == []
 
 
@@ -312,18 +316,19 @@ def test_seeded_determinism(stub: StubTes) -> None:
 
 def test_all_kinds_mixed_under_concurrency(proxy: TesProxy, stub: StubTes) -> None:
     """Every kind at once from many threads: the proxy survives and keeps serving."""
-    proxy.delay_seconds = 0.5
+    proxy.delay_seconds = 0.3
     proxy.set_faults(0.7, FAULT_KINDS)
 
     def one(i: int) -> str:
         try:
-            with httpx.Client(base_url=proxy.base_url, timeout=0.3) as c:
+            with httpx.Client(base_url=proxy.base_url, timeout=0.15) as c:
                 return str(c.get("/tasks").status_code)
         except httpx.HTTPError as exc:
             return type(exc).__name__
 
-    results = list(ThreadPoolExecutor(max_workers=16).map(one, range(80)))
-    assert "200" in results and len(set(results)) > 3
+    results = list(ThreadPoolExecutor(max_workers=16).map(one, range(40)))
+    assert "200" in results
+    assert len(set(results)) > 3
     proxy.clear_faults()
     with httpx.Client(base_url=proxy.base_url, timeout=5) as c:
         assert c.get("/tasks").status_code == 200
@@ -355,7 +360,8 @@ def test_stop_is_prompt_with_pending_delay(stub: StubTes) -> None:
     p.stop()
     assert time.monotonic() - t0 < 2
     t.join(timeout=5)
-    assert not t.is_alive() and errors
+    assert not t.is_alive()
+    assert errors
     with pytest.raises(httpx.HTTPError):
         idle.get(p.base_url + "/tasks")
     idle.close()

@@ -63,7 +63,7 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(token=***)"
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def _as_bool(value: Any, name: str, conn_id: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -71,17 +71,23 @@ def _as_bool(value: Any, name: str) -> bool:
         return True
     if text in {"false", "0", "no", "off"}:
         return False
-    raise TesConfigurationError(f"connection extra {name!r} must be true or false, got {value!r}")
+    raise TesConfigurationError(
+        f"connection {conn_id!r}: extra {name!r} must be true or false, got {value!r}"
+    )
 
 
-def _as_number(value: Any, name: str, *, integer: bool = False, minimum: float = 0) -> Any:
+def _as_number(value: Any, name: str, conn_id: str, *, integer: bool = False, minimum: float = 0) -> Any:
     try:
         number = int(value) if integer else float(value)
     except (TypeError, ValueError):
         kind = "an integer" if integer else "a number"
-        raise TesConfigurationError(f"connection extra {name!r} must be {kind}, got {value!r}") from None
+        raise TesConfigurationError(
+            f"connection {conn_id!r}: extra {name!r} must be {kind}, got {value!r}"
+        ) from None
     if number < minimum:
-        raise TesConfigurationError(f"connection extra {name!r} must be >= {minimum}, got {value!r}")
+        raise TesConfigurationError(
+            f"connection {conn_id!r}: extra {name!r} must be >= {minimum}, got {value!r}"
+        )
     return number
 
 
@@ -140,7 +146,7 @@ class TesConnectionSettings:
                 )
         if secret:
             _mask(secret)
-        verify: bool | str = _as_bool(extra.get("verify", True), "verify")
+        verify: bool | str = _as_bool(extra.get("verify", True), "verify", conn_id)
         if extra.get("ca_bundle"):
             verify = str(extra["ca_bundle"])
         return cls(
@@ -149,17 +155,18 @@ class TesConnectionSettings:
             auth_type=auth_type,
             login=conn.login if auth_type == "basic" else None,
             secret=secret,
-            timeout=_as_number(extra.get("timeout", DEFAULT_TIMEOUT), "timeout", minimum=0.001),
-            retries=_as_number(extra.get("retries", DEFAULT_RETRIES), "retries", integer=True),
+            timeout=_as_number(extra.get("timeout", DEFAULT_TIMEOUT), "timeout", conn_id, minimum=0.001),
+            retries=_as_number(extra.get("retries", DEFAULT_RETRIES), "retries", conn_id, integer=True),
             max_concurrency=_as_number(
                 extra.get("max_concurrency", DEFAULT_MAX_CONCURRENCY),
                 "max_concurrency",
+                conn_id,
                 integer=True,
                 minimum=1,
             ),
             verify=verify,
             poll_interval=_as_number(
-                extra.get("poll_interval", DEFAULT_POLL_INTERVAL), "poll_interval", minimum=0.001
+                extra.get("poll_interval", DEFAULT_POLL_INTERVAL), "poll_interval", conn_id, minimum=0.001
             ),
             inputs_url=extra.get("inputs_url") or None,
             outputs_url=extra.get("outputs_url") or None,
@@ -379,6 +386,8 @@ class TesHook(BaseHook):
         """The pooled async client, bound to the running event loop's lifetime of this hook."""
         if self._async_client is None:
             settings = await self.a_settings()
+            if self._async_client is not None:  # another coroutine made it while we awaited
+                return self._async_client
             self._async_client = httpx.AsyncClient(
                 transport=self._async_transport, **self._client_kwargs(settings)
             )
@@ -410,8 +419,13 @@ class TesHook(BaseHook):
 
     # -- the one request path -------------------------------------------------------------------
 
+    def _backoff(self) -> tenacity.wait_exponential_jitter:
+        return tenacity.wait_exponential_jitter(
+            multiplier=self.retry_min_wait, max=self.retry_max_wait, jitter=self.retry_min_wait
+        )
+
     def _retry_policy(self, retries: int) -> dict[str, Any]:
-        backoff = tenacity.wait_exponential_jitter(initial=self.retry_min_wait, max=self.retry_max_wait)
+        backoff = self._backoff()
 
         def wait(state: tenacity.RetryCallState) -> float:
             delay = backoff(state)
@@ -565,7 +579,7 @@ class TesHook(BaseHook):
         return f"tasks/{quote(task_id, safe='')}{suffix}"
 
     def _get_task_request(self, task_id: str, view: TesView | str) -> _Request:
-        return _Request("GET", self._task_path(task_id), params=[("view", TesView(view).value)])
+        return _Request("GET", self._task_path(task_id), params=[("view", _enum(TesView, view, "view"))])
 
     def _cancel_request(self, task_id: str) -> _Request:
         # Canceling twice is harmless, so the cancel call is retried like a read.
@@ -583,11 +597,11 @@ class TesHook(BaseHook):
             raise TesConfigurationError(
                 f"page_size must be between 1 and {MAX_PAGE_SIZE - 1}, got {page_size}"
             )
-        params: list[tuple[str, str | int | float | bool | None]] = [("view", TesView(view).value)]
+        params: list[tuple[str, str | int | float | bool | None]] = [("view", _enum(TesView, view, "view"))]
         if name_prefix:
             params.append(("name_prefix", name_prefix))
         if state:
-            params.append(("state", TesState(state).value))
+            params.append(("state", _enum(TesState, state, "state")))
         for key, value in (tags or {}).items():
             params.append(("tag_key", key))
             params.append(("tag_value", value))
@@ -645,7 +659,7 @@ class TesHook(BaseHook):
         body = task.to_request()
         req = _Request("POST", "tasks", body=body, idempotent=False)
         settings = self.settings
-        backoff = tenacity.wait_exponential_jitter(initial=self.retry_min_wait, max=self.retry_max_wait)
+        backoff = self._backoff()
         attempt = 0
         while True:
             attempt += 1
@@ -718,6 +732,14 @@ class _Attempt:
     """Enough of tenacity's RetryCallState for its wait strategies."""
 
     attempt_number: int
+
+
+def _enum(kind: type[TesView] | type[TesState], value: Any, argument: str) -> str:
+    try:
+        return str(kind(value).value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise TesConfigurationError(f"{argument} must be one of {choices}, got {value!r}") from None
 
 
 def _has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:
