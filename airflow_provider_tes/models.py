@@ -82,6 +82,11 @@ class TesView(enum.StrEnum):
     FULL = "FULL"
 
 
+def _is_lenient(info: ValidationInfo) -> bool:
+    """True while parsing a server's answer: request-only rules are not applied to it."""
+    return bool(info.context and info.context.get("lenient"))
+
+
 def _check_container_path(value: str, what: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"{what} {value!r} must be an absolute path inside the container (start with '/')")
@@ -109,9 +114,10 @@ class TesModel(BaseModel):
     def _lenient_extras(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
         # Servers add fields the spec does not have; dropping them is better than
         # failing a poll. Only on the response path (context lenient=True).
-        if info.context and info.context.get("lenient") and isinstance(data, dict):
+        # Go servers (Funnel) also render unset optional strings as "".
+        if _is_lenient(info) and isinstance(data, dict):
             known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-            data = {k: v for k, v in data.items() if k in known}
+            data = {k: v for k, v in data.items() if k in known and v != ""}
         return handler(data)
 
 
@@ -126,13 +132,13 @@ class TesInput(TesModel):
 
     @field_validator("path")
     @classmethod
-    def _check_path(cls, v: str) -> str:
-        return _check_container_path(v, "input path")
+    def _check_path(cls, v: str, info: ValidationInfo) -> str:
+        return v if _is_lenient(info) else _check_container_path(v, "input path")
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> Self:
         # The BASIC view omits inline content, so a server's answer may have neither.
-        if info.context and info.context.get("lenient"):
+        if _is_lenient(info):
             return self
         if (self.url is None) == (self.content is None):
             raise ValueError(
@@ -161,16 +167,20 @@ class TesOutput(TesModel):
 
     @field_validator("path")
     @classmethod
-    def _check_path(cls, v: str) -> str:
-        return v if any(c in v for c in "*?[") else _check_container_path(v, "output path")
+    def _check_path(cls, v: str, info: ValidationInfo) -> str:
+        if _is_lenient(info) or any(c in v for c in "*?["):
+            return v
+        return _check_container_path(v, "output path")
 
     @field_validator("path_prefix")
     @classmethod
-    def _check_prefix(cls, v: str | None) -> str | None:
-        return None if v is None else _check_container_path(v, "output path_prefix")
+    def _check_prefix(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None or _is_lenient(info) else _check_container_path(v, "output path_prefix")
 
     @model_validator(mode="after")
-    def _wildcards_need_prefix(self) -> Self:
+    def _wildcards_need_prefix(self, info: ValidationInfo) -> Self:
+        if _is_lenient(info):
+            return self
         if any(c in self.path for c in "*?[") and self.path_prefix is None:
             raise ValueError(
                 f"output path {self.path!r} has wildcards: set 'path_prefix' to the part of the path "
@@ -203,8 +213,8 @@ class TesExecutor(TesModel):
 
     @field_validator("workdir", "stdin", "stdout", "stderr")
     @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        return None if v is None else _check_container_path(v, "executor path")
+    def _absolute(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None or _is_lenient(info) else _check_container_path(v, "executor path")
 
 
 class TesExecutorLog(TesModel):
@@ -258,8 +268,8 @@ class TesTask(TesModel):
 
     @field_validator("volumes")
     @classmethod
-    def _absolute_volumes(cls, v: list[str] | None) -> list[str] | None:
-        for path in v or []:
+    def _absolute_volumes(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        for path in [] if _is_lenient(info) else v or []:
             _check_container_path(path, "volume")
         return v
 
@@ -274,7 +284,7 @@ class TesTask(TesModel):
     def _request_rules(self, info: ValidationInfo) -> Self:
         # A MINIMAL or BASIC view legitimately omits executors; only a task we are
         # about to send must have one.
-        if info.context and info.context.get("lenient"):
+        if _is_lenient(info):
             return self
         if not self.executors:
             raise ValueError("a TES task needs at least one executor")

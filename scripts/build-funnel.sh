@@ -45,10 +45,15 @@ fi
 
 echo "build-funnel: building $FUNNEL_MODULE@$FUNNEL_VERSION into $bin_dir (takes minutes on a fresh machine)" >&2
 
-src_dir="$(go mod download -json "$FUNNEL_MODULE@$FUNNEL_VERSION" |
-  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+if ! dl_json="$(go mod download -json "$FUNNEL_MODULE@$FUNNEL_VERSION")"; then
+  echo "build-funnel: could not download $FUNNEL_MODULE@$FUNNEL_VERSION:" >&2
+  echo "$dl_json" >&2
+  exit 1
+fi
+src_dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$dl_json")"
 if [[ -z "$src_dir" || ! -f "$src_dir/go.mod" ]]; then
-  echo "build-funnel: could not download $FUNNEL_MODULE@$FUNNEL_VERSION" >&2
+  echo "build-funnel: no source directory for $FUNNEL_MODULE@$FUNNEL_VERSION in:" >&2
+  echo "$dl_json" >&2
   exit 1
 fi
 

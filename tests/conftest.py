@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import FunnelServer, MotoServer, find_funnel_binary  # noqa: E402
+from stack import FunnelServer, MotoServer, find_funnel_binary
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TEST_BUCKET = "tes-test"

@@ -71,7 +71,7 @@ def _wait_for_http(
         if rc is not None:
             raise RuntimeError(f"{what} exited with status {rc} during start-up{log_hint}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback http
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status < 500:
                     return
         except urllib.error.HTTPError as exc:  # an HTTP answer means it is up
@@ -103,8 +103,12 @@ class MotoServer:
     secret_key = "testing"
     region = "us-east-1"
 
-    def __init__(self, port: int | None = None, log_path: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
         self.port = port or free_port()
         self.host = LOOPBACK
         self.endpoint_url = f"http://{self.host}:{self.port}"
@@ -118,8 +122,11 @@ class MotoServer:
             return self
         env = dict(os.environ)
         # moto itself must never be tempted to reach real AWS.
-        env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
-                   AWS_DEFAULT_REGION=self.region)
+        env.update(
+            AWS_ACCESS_KEY_ID=self.access_key,
+            AWS_SECRET_ACCESS_KEY=self.secret_key,
+            AWS_DEFAULT_REGION=self.region,
+        )
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -128,7 +135,10 @@ class MotoServer:
             out = subprocess.DEVNULL
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         try:
             _wait_for_http(f"{self.endpoint_url}/moto-api/", self._proc, self.start_timeout, "moto server")
@@ -148,9 +158,13 @@ class MotoServer:
         """A boto3 client talking to this server."""
         import boto3  # only needed by callers that touch S3 directly
 
-        return boto3.client(
-            service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        make_client: Any = boto3.client  # the stubs only take literal service names
+        return make_client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
         )
 
     def create_bucket(self, name: str) -> str:
@@ -181,8 +195,7 @@ def find_funnel_binary(bin_dir: str | os.PathLike[str] | None = None) -> str:
     if bin_dir is not None:
         cmd.append(str(bin_dir))
     env = dict(os.environ, FUNNEL_VERSION=FUNNEL_VERSION)
-    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         check=False)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"scripts/build-funnel.sh failed ({res.returncode}):\n{res.stderr[-4000:]}")
     path = res.stdout.strip().splitlines()[-1]
@@ -222,7 +235,7 @@ class FunnelServer:
         workdir: str | os.PathLike[str],
         s3_endpoint: str | None,
         user: str = "admin",
-        password: str = "admin",  # noqa: S107 - test default
+        password: str = "admin",
         *,
         compute: str = "local",
         s3_key: str = "testing",
@@ -260,9 +273,9 @@ class FunnelServer:
         self.base_url = f"{self.url}/ga4gh/tes/v1"
 
         self.config_path = self.workdir / "funnel-config.yml"
-        self.log_path = self.workdir / "funnel.log"          # Funnel's own log (Logger.output_file)
-        self.stdout_path = self.workdir / "funnel.stdout"     # anything printed before/besides it
-        self.task_workdir = self.workdir / "work"             # Worker.WorkDir
+        self.log_path = self.workdir / "funnel.log"  # Funnel's own log (Logger.output_file)
+        self.stdout_path = self.workdir / "funnel.stdout"  # anything printed before/besides it
+        self.task_workdir = self.workdir / "work"  # Worker.WorkDir
         self.db_path = self.workdir / "funnel.db"
         self.local_storage_dir = self.workdir / "local-storage"  # LocalStorage.AllowedDirs
         self.shim_state_dir = self.workdir / "docker-shim-state"
@@ -275,10 +288,14 @@ class FunnelServer:
         users = [{"User": self.user, "Password": self.password, "Admin": True}, *self.extra_users]
         generic_s3: list[dict[str, Any]] = []
         if self.s3_endpoint:
-            generic_s3.append({
-                "Endpoint": self.s3_endpoint, "Key": self.s3_key,
-                "Secret": self.s3_secret, "Region": self.s3_region,
-            })
+            generic_s3.append(
+                {
+                    "Endpoint": self.s3_endpoint,
+                    "Key": self.s3_key,
+                    "Secret": self.s3_secret,
+                    "Region": self.s3_region,
+                }
+            )
         return {
             "Database": "boltdb",
             "Compute": self.compute,
@@ -348,8 +365,12 @@ class FunnelServer:
         # Never let the S3/GCS SDKs pick up real credentials from the environment.
         for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS"):
             env.pop(var, None)
-        env.update(AWS_ACCESS_KEY_ID=self.s3_key, AWS_SECRET_ACCESS_KEY=self.s3_secret,
-                   AWS_DEFAULT_REGION=self.s3_region, AWS_EC2_METADATA_DISABLED="true")
+        env.update(
+            AWS_ACCESS_KEY_ID=self.s3_key,
+            AWS_SECRET_ACCESS_KEY=self.s3_secret,
+            AWS_DEFAULT_REGION=self.s3_region,
+            AWS_EC2_METADATA_DISABLED="true",
+        )
         return env
 
     # -- lifecycle ----------------------------------------------------------------
@@ -363,13 +384,21 @@ class FunnelServer:
         self._stdout_file = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [self.binary, "server", "run", "--config", str(self.config_path)],
-            cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
-            stdout=self._stdout_file, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # keep terminal signals (Ctrl-C) for the test runner
         )
         try:
-            _wait_for_http(f"{self.url}/healthz", self._proc, self.start_timeout, "funnel server",
-                           log_hint=f"\n--- funnel output ---\n{self.read_logs(tail=4000)}")
+            _wait_for_http(
+                f"{self.url}/healthz",
+                self._proc,
+                self.start_timeout,
+                "funnel server",
+                log_hint=f"\n--- funnel output ---\n{self.read_logs(tail=4000)}",
+            )
         except BaseException:
             self.stop()
             raise

@@ -9,19 +9,19 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from stack import FunnelServer
 
 TERMINAL_STATES = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 
 
 @pytest.fixture
-def tes(funnel: FunnelServer) -> httpx.Client:
+def tes(funnel: FunnelServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=funnel.base_url, auth=(funnel.user, funnel.password), timeout=30) as c:
         yield c
 
@@ -32,7 +32,9 @@ def create_task(tes: httpx.Client, task: dict[str, Any]) -> str:
     return str(resp.json()["id"])
 
 
-def wait_for_state(tes: httpx.Client, task_id: str, states: set[str], timeout: float = 120.0) -> dict[str, Any]:
+def wait_for_state(
+    tes: httpx.Client, task_id: str, states: set[str], timeout: float = 120.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     task: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -67,18 +69,25 @@ def test_service_info(funnel: FunnelServer, tes: httpx.Client) -> None:
 
 
 def test_task_output_to_s3(tes: httpx.Client, s3_bucket: str, s3_client: Any) -> None:
-    task_id = create_task(tes, {
-        "name": "stack-output",
-        "executors": [{
-            "image": "alpine:3.20",
-            "command": ["/bin/sh", "-c", "echo hello > /mnt/task/work/out.txt"],
-        }],
-        "outputs": [{
-            "path": "/mnt/task/work/out.txt",
-            "url": f"s3://{s3_bucket}/stack/out.txt",
-            "type": "FILE",
-        }],
-    })
+    task_id = create_task(
+        tes,
+        {
+            "name": "stack-output",
+            "executors": [
+                {
+                    "image": "alpine:3.20",
+                    "command": ["/bin/sh", "-c", "echo hello > /mnt/task/work/out.txt"],
+                }
+            ],
+            "outputs": [
+                {
+                    "path": "/mnt/task/work/out.txt",
+                    "url": f"s3://{s3_bucket}/stack/out.txt",
+                    "type": "FILE",
+                }
+            ],
+        },
+    )
     task = wait_for_state(tes, task_id, TERMINAL_STATES)
     assert task["state"] == "COMPLETE", get_full(tes, task_id)
     assert read_s3(s3_client, s3_bucket, "stack/out.txt") == b"hello\n"
@@ -86,20 +95,27 @@ def test_task_output_to_s3(tes: httpx.Client, s3_bucket: str, s3_client: Any) ->
 
 def test_inline_content_input_and_stdout(tes: httpx.Client, s3_bucket: str, s3_client: Any) -> None:
     script = 'echo "from content"\necho "two words" | tr a-z A-Z\n'
-    task_id = create_task(tes, {
-        "name": "stack-content",
-        "inputs": [{"path": "/mnt/task/command", "content": script, "type": "FILE"}],
-        "executors": [{
-            "image": "alpine:3.20",
-            "command": ["/bin/sh", "/mnt/task/command"],
-            "stdout": "/mnt/task/stdout",
-        }],
-        "outputs": [{
-            "path": "/mnt/task/stdout",
-            "url": f"s3://{s3_bucket}/stack/content-stdout.txt",
-            "type": "FILE",
-        }],
-    })
+    task_id = create_task(
+        tes,
+        {
+            "name": "stack-content",
+            "inputs": [{"path": "/mnt/task/command", "content": script, "type": "FILE"}],
+            "executors": [
+                {
+                    "image": "alpine:3.20",
+                    "command": ["/bin/sh", "/mnt/task/command"],
+                    "stdout": "/mnt/task/stdout",
+                }
+            ],
+            "outputs": [
+                {
+                    "path": "/mnt/task/stdout",
+                    "url": f"s3://{s3_bucket}/stack/content-stdout.txt",
+                    "type": "FILE",
+                }
+            ],
+        },
+    )
     task = wait_for_state(tes, task_id, TERMINAL_STATES)
     full = get_full(tes, task_id)
     assert task["state"] == "COMPLETE", full
@@ -150,10 +166,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_cancel_kills_the_executor(funnel: FunnelServer, tes: httpx.Client) -> None:
-    task_id = create_task(tes, {
-        "name": "stack-cancel",
-        "executors": [{"image": "alpine:3.20", "command": ["sleep", "300"]}],
-    })
+    task_id = create_task(
+        tes,
+        {
+            "name": "stack-cancel",
+            "executors": [{"image": "alpine:3.20", "command": ["sleep", "300"]}],
+        },
+    )
     wait_for_state(tes, task_id, {"RUNNING"} | TERMINAL_STATES, timeout=60)
 
     # The shim records the pid of the executor's `unshare` under the name
@@ -214,11 +233,14 @@ def test_list_tasks_filters(tes: httpx.Client) -> None:
     run = uuid.uuid4().hex[:8]
     ids: dict[str, str] = {}
     for suffix, flavour in [("a1", "a"), ("a2", "a"), ("b1", "b")]:
-        ids[suffix] = create_task(tes, {
-            "name": f"stackls-{run}-{suffix}",
-            "tags": {"stack-run": run, "flavour": flavour},
-            "executors": [{"image": "alpine:3.20", "command": ["true"]}],
-        })
+        ids[suffix] = create_task(
+            tes,
+            {
+                "name": f"stackls-{run}-{suffix}",
+                "tags": {"stack-run": run, "flavour": flavour},
+                "executors": [{"image": "alpine:3.20", "command": ["true"]}],
+            },
+        )
 
     def listed(**params: Any) -> tuple[list[str], dict[str, Any]]:
         resp = tes.get("/tasks", params=params)
@@ -232,7 +254,9 @@ def test_list_tasks_filters(tes: httpx.Client) -> None:
     assert got == [ids["a2"], ids["a1"]]
     assert body["next_page_token"] == ""
     minimal = body["tasks"][0]
-    assert minimal["name"] == "" and minimal["creation_time"] == "" and minimal["resources"] is None
+    assert minimal["name"] == ""
+    assert minimal["creation_time"] == ""
+    assert minimal["resources"] is None
     assert minimal["state"] in {"QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"}
 
     got, _ = listed(name_prefix=f"stackls-{run}-a", view="BASIC")
@@ -265,7 +289,8 @@ def test_list_tasks_filters(tes: httpx.Client) -> None:
     got, body = listed(tag_key="stack-run", tag_value=run, page_size=3)
     assert body["next_page_token"] == ids["a1"]  # full page -> token, ...
     got, body = listed(tag_key="stack-run", tag_value=run, page_size=3, page_token=ids["a1"])
-    assert got == [] and body["next_page_token"] == ""  # ... then an empty final page
+    assert got == []  # ... then an empty final page
+    assert body["next_page_token"] == ""
 
     for task_id in ids.values():
         wait_for_state(tes, task_id, TERMINAL_STATES, timeout=60)
@@ -290,12 +315,16 @@ def test_recorded_api_quirks(funnel: FunnelServer, tes: httpx.Client) -> None:
 
     # Request bodies are decoded strictly; validation errors are 400.
     resp = tes.post("/tasks", json={"executors": [{"image": "a", "command": ["true"]}], "bogus": 1})
-    assert resp.status_code == 400 and "unknown field" in resp.json()["error"]
+    assert resp.status_code == 400
+    assert "unknown field" in resp.json()["error"]
     assert tes.post("/tasks", json={"executors": []}).status_code == 400
-    resp = tes.post("/tasks", json={
-        "executors": [{"image": "a", "command": ["true"]}],
-        "resources": {"backend_parameters": {"x": "y"}, "backend_parameters_strict": True},
-    })
+    resp = tes.post(
+        "/tasks",
+        json={
+            "executors": [{"image": "a", "command": ["true"]}],
+            "resources": {"backend_parameters": {"x": "y"}, "backend_parameters_strict": True},
+        },
+    )
     assert resp.status_code == 400
 
     # The API is served under /ga4gh/tes/v1, /v1 and the root.
