@@ -21,7 +21,9 @@ AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 
 def tes_connection(base_url: str, user: str, password: str, **extra: Any) -> str:
     """``AIRFLOW_CONN_...`` JSON for a TES server."""
-    return json.dumps({"conn_type": "tes", "host": base_url, "login": user, "password": password, "extra": extra})
+    return json.dumps(
+        {"conn_type": "tes", "host": base_url, "login": user, "password": password, "extra": extra}
+    )
 
 
 def aws_connection(endpoint_url: str, key: str = "testing", secret: str = "testing") -> str:
@@ -50,7 +52,9 @@ class AirflowEnv:
 
     def env(self) -> dict[str, str]:
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_") and not k.startswith("AIRFLOW__")
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AIRFLOW_CONN_") and not k.startswith("AIRFLOW__")
         }
         env.update(
             {
@@ -89,7 +93,9 @@ class AirflowEnv:
         self.home.mkdir(parents=True, exist_ok=True)
         self.run("db", "migrate", timeout=600)
 
-    def dags_test(self, dag_id: str, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def dags_test(
+        self, dag_id: str, *, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("dags", "test", dag_id, timeout=timeout, check=check)
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:

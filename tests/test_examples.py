@@ -31,7 +31,9 @@ def s3_exists(s3_client: Any, url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str) -> AirflowEnv:
+def airflow(
+    tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str
+) -> AirflowEnv:
     env = AirflowEnv(
         home=tmp_path_factory.mktemp("airflow-home"),
         connections={

@@ -24,7 +24,9 @@ from airflow_provider_tes.models import TesExecutor, TesInput, TesOutput, TesSta
 pytestmark = pytest.mark.funnel
 
 
-def _conn_env(monkeypatch: pytest.MonkeyPatch, conn_id: str, funnel: Any, password: str | None = None) -> None:
+def _conn_env(
+    monkeypatch: pytest.MonkeyPatch, conn_id: str, funnel: Any, password: str | None = None
+) -> None:
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{conn_id.upper()}",
         json.dumps(
@@ -41,12 +43,16 @@ def _conn_env(monkeypatch: pytest.MonkeyPatch, conn_id: str, funnel: Any, passwo
 
 @pytest.fixture
 def checked() -> tuple[SpecCheckingTransport, AsyncSpecCheckingTransport]:
-    return SpecCheckingTransport(httpx.HTTPTransport()), AsyncSpecCheckingTransport(httpx.AsyncHTTPTransport())
+    return SpecCheckingTransport(httpx.HTTPTransport()), AsyncSpecCheckingTransport(
+        httpx.AsyncHTTPTransport()
+    )
 
 
 @pytest.fixture
 def hook(
-    monkeypatch: pytest.MonkeyPatch, funnel: Any, checked: tuple[SpecCheckingTransport, AsyncSpecCheckingTransport]
+    monkeypatch: pytest.MonkeyPatch,
+    funnel: Any,
+    checked: tuple[SpecCheckingTransport, AsyncSpecCheckingTransport],
 ) -> Iterator[TesHook]:
     _conn_env(monkeypatch, "tes_funnel", funnel)
     sync_t, async_t = checked
@@ -102,7 +108,10 @@ def test_task_writes_output_to_s3(hook: TesHook, s3_bucket: str, s3_client: Any)
 
 def test_list_by_name_prefix_and_tags(hook: TesHook) -> None:
     run = uuid.uuid4().hex[:10]
-    ids = {hook.create_task(_shell_task("true", f"list-{run}-{i}", tags={"run": run, "i": str(i)})) for i in range(3)}
+    ids = {
+        hook.create_task(_shell_task("true", f"list-{run}-{i}", tags={"run": run, "i": str(i)}))
+        for i in range(3)
+    }
     other = hook.create_task(_shell_task("true", f"other-{run}", tags={"run": "else"}))
 
     by_prefix = {t.id for t in hook.list_tasks(name_prefix=f"list-{run}")}

@@ -31,7 +31,12 @@ class Counter:
 
 @pytest.fixture(autouse=True)
 def connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = {"conn_type": "tes", "host": "http://tes.invalid:8000/ga4gh/tes/v1", "login": "u", "password": "pw-xyz"}
+    base = {
+        "conn_type": "tes",
+        "host": "http://tes.invalid:8000/ga4gh/tes/v1",
+        "login": "u",
+        "password": "pw-xyz",
+    }
     monkeypatch.setenv(
         "AIRFLOW_CONN_TES_DEFAULT",
         json.dumps({**base, "extra": {"outputs_url": "s3://bucket/out/", "inputs_url": "s3://bucket/in/"}}),
@@ -85,12 +90,20 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("missing local input", {"inputs": {"/data/x": "/no/such/file/anywhere.txt"}}, "does not exist"),
     ("input of wrong type", {"inputs": {"/data/x": 42}}, "local path, a URL or a TesInput"),
     ("inputs not a mapping", {"inputs": ["/data/x"]}, "'inputs'"),
-    ("input both url and content", {"inputs": {"/data/x": {"url": "s3://b/x", "content": "y"}}}, "exactly one"),
+    (
+        "input both url and content",
+        {"inputs": {"/data/x": {"url": "s3://b/x", "content": "y"}}},
+        "exactly one",
+    ),
     ("content too large", {"inputs": {"/data/x": {"content": "x" * (128 * 1024 + 1)}}}, "inline content"),
     ("relative output path", {"outputs": {"out.txt": "s3://b/out.txt"}}, "must be absolute"),
     ("output to http", {"outputs": {"/out.txt": "https://host/out.txt"}}, "'outputs'"),
     ("output not a URL", {"outputs": {"/out.txt": "/local/out.txt"}}, "'outputs'"),
-    ("duplicate path", {"inputs": {"/data/x": "s3://b/x"}, "outputs": {"/data/x": "s3://b/y"}}, "more than once"),
+    (
+        "duplicate path",
+        {"inputs": {"/data/x": "s3://b/x"}, "outputs": {"/data/x": "s3://b/y"}},
+        "more than once",
+    ),
     ("wildcard without prefix", {"outputs": [{"path": "/out/*.txt", "url": "s3://b/o/"}]}, "path_prefix"),
     ("negative ram", {"ram_gb": -1}, "'ram_gb'"),
     ("zero cpu", {"cpu_cores": 0}, "'cpu_cores'"),

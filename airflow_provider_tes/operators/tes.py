@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_tes.staging import StagedInput
 
+#: XCom key of the state carried across deferrals (attempts, budget, output folder, task).
+RUN_STATE_KEY = "tes_run_state"
 #: How much of an executor's stderr/stdout goes into the task log and error messages.
 TAIL_BYTES = 4096
 #: Extra time given to Airflow's own defer timeout beyond the deadline, so the trigger
@@ -417,6 +419,9 @@ class TesTaskOperator(BaseOperator):
         timeout = None
         if deadline is not None:
             timeout = timedelta(seconds=max(0.0, deadline - time.time())) + DEADLINE_GRACE
+        # The run state travels in XCom rather than in the defer kwargs: `airflow dags test`
+        # (3.3) resumes with the event alone, and XCom also shows it in the UI.
+        context["ti"].xcom_push(key=RUN_STATE_KEY, value=run_state)
         self.defer(
             trigger=TesTaskTrigger(
                 tes_task_id=tes_id,
@@ -426,7 +431,6 @@ class TesTaskOperator(BaseOperator):
                 started_at=time.time(),
             ),
             method_name="execute_complete",
-            kwargs={"run_state": run_state},
             timeout=timeout,
         )
 
@@ -448,11 +452,11 @@ class TesTaskOperator(BaseOperator):
                 return self._finish(context, run_state, state)
             time.sleep(self._poll_interval())
 
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, run_state: dict[str, Any] | None = None
-    ) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        ti = context["ti"]
+        run_state = ti.xcom_pull(task_ids=ti.task_id, key=RUN_STATE_KEY, map_indexes=ti.map_index)
         if not event or not run_state:
-            raise TesError("TES trigger resumed the task without an event; the task state is unknown")
+            raise TesError("the TES trigger resumed the task without an event or run state; state unknown")
         self.tes_task_id = event.get("tes_task_id")
         status = event.get("status")
         if status == EVENT_DEADLINE:
