@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from airflow_env import AirflowEnv, aws_connection, tes_connection
 from stack import FunnelServer, MotoServer, find_funnel_binary
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -91,3 +92,40 @@ def funnel(
         if request.session.testsfailed:
             dest = server.copy_logs(ARTIFACTS_DIR / time.strftime("funnel-%Y%m%d-%H%M%S"))
             print(f"\n[stack] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
+
+
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+
+
+@pytest.fixture(scope="session")
+def airflow(
+    tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str
+) -> AirflowEnv:
+    env = AirflowEnv(
+        home=tmp_path_factory.mktemp("airflow-home"),
+        connections={
+            "tes_default": tes_connection(
+                funnel.base_url,
+                funnel.user,
+                funnel.password,
+                inputs_url=f"s3://{s3_bucket}/examples/inputs/",
+                outputs_url=f"s3://{s3_bucket}/examples/outputs/",
+                aws_conn_id="aws_default",
+                poll_interval=1,
+            ),
+            "aws_default": aws_connection(moto_server.endpoint_url),
+        },
+    )
+    env.migrate()
+    return env
+
+
+@pytest.fixture
+def test_dags(airflow: AirflowEnv) -> Iterator[AirflowEnv]:
+    """The same Airflow home, reading the DAGs under tests/dags instead of the examples."""
+    original = airflow.dags_folder
+    airflow.dags_folder = TEST_DAGS
+    try:
+        yield airflow
+    finally:
+        airflow.dags_folder = original

@@ -6,17 +6,13 @@ in S3 and in XCom.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from airflow_env import AirflowEnv, aws_connection, tes_connection
+from airflow_env import AirflowEnv
 
 pytestmark = pytest.mark.funnel
-
-TEST_DAGS = Path(__file__).resolve().parent / "dags"
 
 
 def read_s3(s3_client: Any, url: str) -> str:
@@ -28,40 +24,6 @@ def s3_exists(s3_client: Any, url: str) -> bool:
     parts = urlsplit(url)
     found = s3_client.list_objects_v2(Bucket=parts.netloc, Prefix=parts.path.lstrip("/"))
     return bool(found.get("KeyCount"))
-
-
-@pytest.fixture(scope="session")
-def airflow(
-    tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str
-) -> AirflowEnv:
-    env = AirflowEnv(
-        home=tmp_path_factory.mktemp("airflow-home"),
-        connections={
-            "tes_default": tes_connection(
-                funnel.base_url,
-                funnel.user,
-                funnel.password,
-                inputs_url=f"s3://{s3_bucket}/examples/inputs/",
-                outputs_url=f"s3://{s3_bucket}/examples/outputs/",
-                aws_conn_id="aws_default",
-                poll_interval=1,
-            ),
-            "aws_default": aws_connection(moto_server.endpoint_url),
-        },
-    )
-    env.migrate()
-    return env
-
-
-@pytest.fixture
-def test_dags(airflow: AirflowEnv) -> Iterator[AirflowEnv]:
-    """The same Airflow home, reading the DAGs under tests/dags instead of the examples."""
-    original = airflow.dags_folder
-    airflow.dags_folder = TEST_DAGS
-    try:
-        yield airflow
-    finally:
-        airflow.dags_folder = original
 
 
 def _check_common(result: dict[str, Any], s3_client: Any) -> None:
