@@ -192,13 +192,24 @@ class TesOutput(TesModel):
 
 
 class TesResources(TesModel):
-    cpu_cores: int | None = Field(default=None, ge=1)
+    cpu_cores: int | None = None
     preemptible: bool | None = None
-    ram_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    disk_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    ram_gb: float | None = Field(default=None, allow_inf_nan=False)
+    disk_gb: float | None = Field(default=None, allow_inf_nan=False)
     zones: list[str] | None = None
     backend_parameters: dict[str, str] | None = None
     backend_parameters_strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _positive(self, info: ValidationInfo) -> Self:
+        # Go servers report unset sizes as 0, so this is a request-only rule.
+        if _is_lenient(info):
+            return self
+        for name in ("cpu_cores", "ram_gb", "disk_gb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        return self
 
 
 class TesExecutor(TesModel):

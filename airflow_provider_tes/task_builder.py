@@ -41,7 +41,23 @@ GUEST_COMMAND_PATH = "/mnt/task/command"
 GUEST_WORK_DIR = "/mnt/task/work"
 GUEST_STDOUT_PATH = "/mnt/task/stdout"
 GUEST_STDERR_PATH = "/mnt/task/stderr"
-RESERVED_PATHS = frozenset({GUEST_COMMAND_PATH, GUEST_WORK_DIR, GUEST_STDOUT_PATH, GUEST_STDERR_PATH})
+GUEST_EXIT_CODE_PATH = "/mnt/task/exit_code"
+RESERVED_PATHS = frozenset(
+    {GUEST_COMMAND_PATH, GUEST_WORK_DIR, GUEST_STDOUT_PATH, GUEST_STDERR_PATH, GUEST_EXIT_CODE_PATH}
+)
+
+#: Printed by the wrapper on the executor's own stdout, which servers keep in the task log.
+EXIT_CODE_MARKER = "airflow-provider-tes exit code: "
+
+# The command runs under a small wrapper that keeps its output in the task's files and
+# always exits 0. TES asks servers to upload outputs after a failed executor when
+# `ignore_error` is set, but not all do (Funnel v0.12 stops at EXECUTOR_ERROR and uploads
+# nothing), so the wrapper makes stdout, stderr and the work directory arrive on every
+# server. The real exit code travels in the log marker and in /mnt/task/exit_code.
+_WRAPPER = (
+    f'"$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; '
+    f'echo "$rc" >{GUEST_EXIT_CODE_PATH}; echo "{EXIT_CODE_MARKER}$rc"; exit 0'
+)
 
 #: URL schemes a TES server may fetch inputs from; anything else must be a local path.
 REMOTE_INPUT_SCHEMES = frozenset({"s3", "gs", "http", "https", "ftp", "drs", "az", "abfs"})
@@ -375,7 +391,21 @@ def standard_outputs(out_dir: str) -> list[TesOutput]:
         TesOutput(path=GUEST_WORK_DIR, url=out_dir + "work", type=TesFileType.DIRECTORY),
         TesOutput(path=GUEST_STDOUT_PATH, url=out_dir + "stdout", type=TesFileType.FILE),
         TesOutput(path=GUEST_STDERR_PATH, url=out_dir + "stderr", type=TesFileType.FILE),
+        TesOutput(path=GUEST_EXIT_CODE_PATH, url=out_dir + "exit_code", type=TesFileType.FILE),
     ]
+
+
+def exit_code_from_file(text: str | None) -> int | None:
+    value = (text or "").strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+def exit_code_from_log(stdout: str | None) -> int | None:
+    """The exit code the wrapper printed, if the server kept the executor's stdout."""
+    for line in reversed((stdout or "").splitlines()):
+        if line.startswith(EXIT_CODE_MARKER):
+            return exit_code_from_file(line[len(EXIT_CODE_MARKER) :])
+    return None
 
 
 def script_fits_inline(script: str) -> bool:
@@ -390,8 +420,10 @@ def command_executor(
     workdir: str | None,
     env: Mapping[str, Any] | None,
 ) -> TesExecutor:
-    """The one executor the operator builds: a script run by ``shell``, or an argv as is."""
-    argv = [shell, GUEST_COMMAND_PATH] if isinstance(command, str) else list(command)
+    """The one executor the operator builds: a script run by ``shell``, or an argv as is,
+    inside the exit-code wrapper (``shell -c WRAPPER airflow-tes ARGV...``)."""
+    inner = [shell, GUEST_COMMAND_PATH] if isinstance(command, str) else list(command)
+    argv = [shell, "-c", _WRAPPER, "airflow-tes", *inner]
     if env is not None and not isinstance(env, Mapping):
         raise _fail("env", f"must be a mapping of variable name -> value, got {env!r}")
     for key in env or {}:
@@ -401,11 +433,7 @@ def command_executor(
         image=image,
         command=argv,
         workdir=workdir or GUEST_WORK_DIR,
-        stdout=GUEST_STDOUT_PATH,
-        stderr=GUEST_STDERR_PATH,
         env={k: str(v) for k, v in env.items()} if env else None,
-        # Exit codes are read from the executor log, so outputs (stdout/stderr included)
-        # are uploaded even when the command fails.
         ignore_error=True,
     )
 

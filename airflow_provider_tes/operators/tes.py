@@ -32,6 +32,8 @@ from airflow_provider_tes.task_builder import (
     check_unique_paths,
     command_executor,
     disk_volumes,
+    exit_code_from_file,
+    exit_code_from_log,
     output_directory,
     plan_inputs,
     plan_outputs,
@@ -474,11 +476,23 @@ class TesTaskOperator(BaseOperator):
         task = self.hook.get_task(tes_id, view=TesView.FULL)
         log = task.last_log
         executor_log = log.logs[-1] if log and log.logs else None
-        exit_code = executor_log.exit_code if executor_log else None
         out_dir = run_state.get("out_dir")
         system_logs = "\n".join(log.system_logs or []) if log else ""
-        stdout_tail = (executor_log.stdout if executor_log else None) or self._read_tail(out_dir, "stdout")
-        stderr_tail = (executor_log.stderr if executor_log else None) or self._read_tail(out_dir, "stderr")
+        logged_stdout = executor_log.stdout if executor_log else None
+        exit_code: int | None = None
+        if self.executors is None:
+            # The wrapper's marker (or its exit_code file) holds the command's real exit code;
+            # the command's own output is in the uploaded stdout/stderr objects.
+            exit_code = exit_code_from_log(logged_stdout)
+            if exit_code is None:
+                exit_code = exit_code_from_file(self._read_tail(out_dir, "exit_code"))
+            stdout_tail = self._read_tail(out_dir, "stdout")
+            stderr_tail = self._read_tail(out_dir, "stderr")
+        else:
+            stdout_tail = logged_stdout
+            stderr_tail = executor_log.stderr if executor_log else None
+        if exit_code is None and executor_log is not None:
+            exit_code = executor_log.exit_code
         if stdout_tail:
             self.log.info("stdout (tail):\n%s", stdout_tail[-TAIL_BYTES:])
         if stderr_tail:
