@@ -56,7 +56,8 @@ def funnel_binary() -> str:
     """Path of the Funnel binary (built once, then reused)."""
     if not os.environ.get("FUNNEL_BINARY") and shutil.which("go") is None:
         pytest.fail(
-            "Funnel needs the Go toolchain to build (or set FUNNEL_BINARY); the real-server suite is never skipped"
+            "Funnel needs the Go toolchain to build (or set FUNNEL_BINARY); "
+            "the real-server suite is never skipped"
         )
     return find_funnel_binary()
 
