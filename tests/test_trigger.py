@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -67,20 +67,20 @@ def _shell_task(script: str, prefix: str) -> TesTask:
     )
 
 
-async def _collect(trigger: TesTaskTrigger, timeout: float = RUN_TIMEOUT) -> list[Any]:
-    """All events of ``trigger.run()`` until the generator ends (bounded by ``timeout``)."""
+async def _collect(trigger: TesTaskTrigger, limit: float = RUN_TIMEOUT) -> list[Any]:
+    """All events of ``trigger.run()`` until the generator ends (bounded by ``limit`` seconds)."""
 
     async def drain() -> list[Any]:
         return [event async for event in trigger.run()]
 
-    return await asyncio.wait_for(drain(), timeout)
+    return await asyncio.wait_for(drain(), limit)
 
 
 async def _wait_state(
-    hook: TesHook, task_id: str, wanted: set[TesState], timeout: float = 30.0
+    hook: TesHook, task_id: str, wanted: set[TesState], limit: float = 30.0
 ) -> TesState | None:
     """Poll Funnel until the task is in one of ``wanted``; the last state seen otherwise."""
-    end = time.monotonic() + timeout
+    end = time.monotonic() + limit
     state: TesState | None = None
     while time.monotonic() < end:
         state = (await asyncio.to_thread(hook.get_task, task_id)).state
@@ -238,7 +238,7 @@ async def test_survives_flaky_gets(
     proxy.set_faults(0.5, ["503", "502", "reset", "429", "truncate"], methods=["GET"])
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2)
 
-    events = await _collect(trigger, timeout=60)
+    events = await _collect(trigger, limit=60)
 
     assert len(events) == 1, events
     assert events[0].payload["status"] == "terminal"
@@ -259,7 +259,7 @@ async def test_gives_up_after_outage_budget(
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2, outage_budget=2)
 
     start = time.monotonic()
-    events = await _collect(trigger, timeout=20)
+    events = await _collect(trigger, limit=20)
     took = time.monotonic() - start
 
     assert len(events) == 1, events
@@ -283,7 +283,7 @@ async def test_wrong_password_is_an_immediate_auth_error(
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2)  # default outage budget: 600 s
 
     start = time.monotonic()
-    events = await _collect(trigger, timeout=15)
+    events = await _collect(trigger, limit=15)
     took = time.monotonic() - start
 
     assert len(events) == 1, events
@@ -302,7 +302,7 @@ async def test_deadline_cancels_the_task(direct: TesHook, conn: str) -> None:
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.5, deadline=time.time() + 2)
 
     start = time.monotonic()
-    events = await _collect(trigger, timeout=20)
+    events = await _collect(trigger, limit=20)
     took = time.monotonic() - start
 
     assert len(events) == 1, events
@@ -380,7 +380,7 @@ async def test_triggerer_restart_leaves_task_running_and_resumes(
 async def test_unknown_task_is_a_not_found_error(conn: str) -> None:
     trigger = TesTaskTrigger("no-such-task-" + uuid.uuid4().hex[:8], conn, poll_interval=0.2)
 
-    events = await _collect(trigger, timeout=15)
+    events = await _collect(trigger, limit=15)
 
     assert len(events) == 1, events
     payload = events[0].payload
@@ -389,5 +389,63 @@ async def test_unknown_task_is_a_not_found_error(conn: str) -> None:
     assert payload["tes_task_id"] == trigger.tes_task_id
 
 
-async def _unused() -> AsyncIterator[None]:  # pragma: no cover - keeps typing imports honest
-    yield None
+async def test_missing_connection_is_a_configuration_error() -> None:
+    trigger = TesTaskTrigger("some-task", "tes_trig_nowhere", poll_interval=0.2)
+
+    events = await _collect(trigger, limit=15)
+
+    assert len(events) == 1, events
+    payload = events[0].payload
+    assert payload["status"] == "error"
+    assert payload["error_type"] == "TesConfigurationError"
+    assert "AIRFLOW_CONN_TES_TRIG_NOWHERE" in payload["message"]
+
+
+async def test_cancel_during_a_request_closes_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+    direct: TesHook,
+    funnel: Any,
+    proxy: TesProxy,
+    recording_hook: type[_RecordingHook],
+) -> None:
+    conn_id = _set_conn(monkeypatch, "tes_trig_slow", proxy.base_url, funnel)
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 1", "slow"))
+    proxy.delay_seconds = 5.0
+    proxy.set_faults(1.0, ["delay"], methods=["GET"])
+    trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2)
+
+    runner = asyncio.create_task(_collect(trigger))
+    end = time.monotonic() + 5
+    while not proxy.requests:  # the first poll is in flight, held by the proxy
+        assert time.monotonic() < end, "the trigger never polled"
+        await asyncio.sleep(0.05)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 5)
+
+    (hook,) = recording_hook.instances
+    assert hook.clients
+    assert all(client.is_closed for client in hook.clients)
+    assert proxy.stats["injected"]["delay"] == 1, proxy.stats
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG triggers/tes.py run(): the deadline is only checked between polls, so a slow or "
+    "hung server delays the deadline event (and the cancel) by up to timeout*(retries+1) plus backoff",
+)
+async def test_deadline_holds_while_the_server_hangs(
+    monkeypatch: pytest.MonkeyPatch, direct: TesHook, funnel: Any, proxy: TesProxy
+) -> None:
+    conn_id = _set_conn(monkeypatch, "tes_trig_hung", proxy.base_url, funnel)
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "hung"))
+    try:
+        proxy.delay_seconds = 10.0
+        proxy.set_faults(1.0, ["delay"], methods=["GET"])
+        trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2, deadline=time.time() + 1)
+
+        events = await _collect(trigger, limit=4)  # 3 s of grace after the deadline
+
+        assert [event.payload["status"] for event in events] == ["deadline"]
+    finally:
+        await asyncio.to_thread(direct.cancel_task, task_id)
