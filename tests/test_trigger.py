@@ -429,11 +429,6 @@ async def test_cancel_during_a_request_closes_the_client(
     assert proxy.stats["injected"]["delay"] == 1, proxy.stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG triggers/tes.py run(): the deadline is only checked between polls, so a slow or "
-    "hung server delays the deadline event (and the cancel) by up to timeout*(retries+1) plus backoff",
-)
 async def test_deadline_holds_while_the_server_hangs(
     monkeypatch: pytest.MonkeyPatch, direct: TesHook, funnel: Any, proxy: TesProxy
 ) -> None:

@@ -88,7 +88,11 @@ class TesTaskTrigger(BaseTrigger):
                     yield await self._cancel_for_deadline(hook)
                     return
                 try:
-                    task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
+                    # A hanging server must not push the deadline back by its retries.
+                    async with asyncio.timeout(self._time_left()):
+                        task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
+                except TimeoutError:
+                    continue  # the deadline check at the top of the loop acts now
                 except (TesServerUnavailableError, TesMalformedResponseError) as err:
                     now = time.monotonic()
                     failing_since = failing_since or now
@@ -120,11 +124,12 @@ class TesTaskTrigger(BaseTrigger):
         finally:
             await hook.aclose()
 
+    def _time_left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
     async def _sleep(self) -> None:
-        delay = self.poll_interval
-        if self.deadline is not None:
-            delay = max(0.0, min(delay, self.deadline - time.time()))
-        await asyncio.sleep(delay)
+        left = self._time_left()
+        await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
 
     async def _cancel_for_deadline(self, hook: TesHook) -> TriggerEvent:
         message = f"TES task {self.tes_task_id} passed its deadline and was canceled"
