@@ -16,6 +16,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO_ROOT / "dags_examples"
+TEST_DAGS = REPO_ROOT / "tests" / "dags"
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 
 

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from airflow_env import AirflowEnv, aws_connection, tes_connection
+from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
 from stack import FunnelServer, MotoServer, find_funnel_binary
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -93,9 +93,6 @@ def funnel(
         if request.session.testsfailed:
             dest = server.copy_logs(ARTIFACTS_DIR / time.strftime("funnel-%Y%m%d-%H%M%S"))
             print(f"\n[stack] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
-
-
-TEST_DAGS = Path(__file__).resolve().parent / "dags"
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,8 @@ def test_hello(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
 
 
 def test_staging(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
-    airflow.dags_test("example_tes_staging")
+    first = airflow.dags_test("example_tes_staging")
+    assert "staged 2 input(s): 2 uploaded, 0 skipped" in first.stdout + first.stderr
     result = airflow.xcom("example_tes_staging", "sum_numbers")
     _check_common(result, s3_client)
     assert read_s3(s3_client, result["work_dir_url"] + "sum.txt").strip() == "5050"
@@ -57,6 +58,18 @@ def test_staging(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
     keys = {o["Key"] for o in staged.get("Contents", [])}
     assert any(k.startswith("examples/inputs/file/") for k in keys)
     assert any(k.startswith("examples/inputs/directory/") for k in keys)
+
+    # The same inputs again (the DAG writes the same bytes to a new temp folder): nothing is uploaded.
+    second = airflow.dags_test("example_tes_staging")
+    assert "staged 2 input(s): 0 uploaded, 2 skipped; 0 B of" in second.stdout + second.stderr
+    again = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="examples/inputs/")
+    assert {o["Key"]: o["LastModified"] for o in again["Contents"]} == {
+        o["Key"]: o["LastModified"] for o in staged["Contents"]
+    }
+    assert (
+        read_s3(s3_client, airflow.xcom("example_tes_staging", "sum_numbers")["work_dir_url"] + "sum.txt")
+        == "5050\n"
+    )
 
 
 def test_preemptible_without_preemption(airflow: AirflowEnv, s3_client: Any) -> None:

@@ -1,0 +1,107 @@
+"""Scenarios that need a running Airflow (scheduler, triggerer, api-server), not `dags test`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
+from airflow_services import AirflowServices
+
+from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.models import TesState
+
+pytestmark = pytest.mark.funnel
+
+DAG_ID = "tes_test_live"
+TASK_ID = "sleeper"
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, funnel: Any, moto_server: Any, s3_bucket: str
+) -> Iterator[AirflowServices]:
+    env = AirflowEnv(
+        home=tmp_path_factory.mktemp("airflow-live"),
+        dags_folder=TEST_DAGS,
+        connections={
+            "tes_default": tes_connection(
+                funnel.base_url,
+                funnel.user,
+                funnel.password,
+                outputs_url=f"s3://{s3_bucket}/live/",
+                aws_conn_id="aws_default",
+                poll_interval=1,
+            ),
+            "aws_default": aws_connection(moto_server.endpoint_url),
+        },
+    )
+    env.migrate()
+    with AirflowServices(env) as services:
+        yield services
+
+
+@pytest.fixture
+def tes(monkeypatch: pytest.MonkeyPatch, funnel: Any) -> Iterator[TesHook]:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TES_LIVE_CHECK",
+        json.dumps(
+            {"conn_type": "tes", "host": funnel.base_url, "login": funnel.user, "password": funnel.password}
+        ),
+    )
+    with TesHook("tes_live_check") as hook:
+        yield hook
+
+
+def _tes_id(live: AirflowServices, run_id: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return str(live.xcom(DAG_ID, run_id, TASK_ID, key="tes_task_id"))
+        except AssertionError:
+            time.sleep(1)
+    raise AssertionError("the operator never published its TES task id")
+
+
+def _wait_state(hook: TesHook, tes_id: str, wanted: set[TesState], timeout: float = 90) -> TesState:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = hook.get_task(tes_id).state
+        if state in wanted:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"TES task {tes_id} stayed {state}, wanted {wanted}")
+
+
+def _tasks_of_run(hook: TesHook, run_id: str) -> list[str]:
+    return [t.id or "" for t in hook.list_tasks(tags={"dag_id": DAG_ID, "run_id": run_id})]
+
+
+def test_triggerer_restart_resumes_the_wait(live: AirflowServices, tes: TesHook) -> None:
+    run_id = live.trigger(DAG_ID, conf={"seconds": 25})
+    live.wait_for_ti(DAG_ID, run_id, TASK_ID, {"deferred"}, timeout=240)
+    tes_id = _tes_id(live, run_id)
+    live.stop_component("triggerer")
+    time.sleep(3)
+    # Stopping the triggerer cancels nothing on the TES side.
+    assert tes.get_task(tes_id).state in {TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING}
+    live.start_component("triggerer")
+    assert live.wait_for_ti(DAG_ID, run_id, TASK_ID, {"success", "failed"}, timeout=240) == "success"
+    result = live.xcom(DAG_ID, run_id, TASK_ID)
+    assert result["tes_task_id"] == tes_id
+    assert result["state"] == "COMPLETE"
+    assert _tasks_of_run(tes, run_id) == [tes_id], "no second submission"
+
+
+def test_mark_failed_while_deferred_cancels_the_tes_task(live: AirflowServices, tes: TesHook) -> None:
+    run_id = live.trigger(DAG_ID, conf={"seconds": 300})
+    live.wait_for_ti(DAG_ID, run_id, TASK_ID, {"deferred"}, timeout=240)
+    tes_id = _tes_id(live, run_id)
+    _wait_state(tes, tes_id, {TesState.RUNNING})
+    live.set_ti_state(DAG_ID, run_id, TASK_ID, "failed")
+    assert _wait_state(tes, tes_id, {TesState.CANCELED}, timeout=120) is TesState.CANCELED
+    assert _tasks_of_run(tes, run_id) == [tes_id]
