@@ -28,6 +28,9 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.operators.tes"]}
         ],
+        "sensors": [
+            {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.sensors.tes"]}
+        ],
         "triggers": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.triggers.tes"]}
         ],

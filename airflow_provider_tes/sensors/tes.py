@@ -1,0 +1,131 @@
+"""Wait for a TES task that was submitted elsewhere (another DAG, a workflow engine, a person)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from airflow_provider_tes.exceptions import TesConfigurationError, TesError, TesTaskFailedError
+from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.links import TES_TASK_LINK_KEY, TesTaskLink, task_link
+from airflow_provider_tes.models import TesState, TesView
+from airflow_provider_tes.triggers.tes import EVENT_DEADLINE, EVENT_TERMINAL, TesTaskTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class TesTaskSensor(BaseSensorOperator):
+    """Succeeds when a TES task reaches one of ``success_states`` (default COMPLETE).
+
+    Any other terminal state fails the sensor (or skips it with ``soft_fail``). Deferrable by
+    default with the same trigger as :class:`~airflow_provider_tes.operators.tes.TesTaskOperator`,
+    so waiting holds no worker slot.
+
+    :param tes_task_id: the TES task id (templated, e.g. ``{{ ti.xcom_pull('submit') }}``).
+    :param success_states: terminal states that count as success.
+    """
+
+    template_fields: Sequence[str] = ("tes_task_id",)
+    operator_extra_links = (TesTaskLink(),)
+    ui_color = "#d9ecf2"
+
+    def __init__(
+        self,
+        *,
+        tes_task_id: str,
+        tes_conn_id: str = TesHook.default_conn_name,
+        success_states: Iterable[TesState | str] = (TesState.COMPLETE,),
+        deferrable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.tes_task_id = tes_task_id
+        self.tes_conn_id = tes_conn_id
+        try:
+            self.success_states = frozenset(TesState(s) for s in success_states)
+        except ValueError as err:
+            raise TesConfigurationError(f"TesTaskSensor argument 'success_states': {err}") from None
+        if not self.success_states or not all(s.is_terminal for s in self.success_states):
+            raise TesConfigurationError(
+                "TesTaskSensor argument 'success_states' must be terminal TES states "
+                "(COMPLETE, EXECUTOR_ERROR, SYSTEM_ERROR, CANCELED, PREEMPTED)"
+            )
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> TesHook:
+        return TesHook(self.tes_conn_id)
+
+    def _validate_id(self) -> str:
+        if not isinstance(self.tes_task_id, str) or not self.tes_task_id.strip():
+            raise TesConfigurationError(
+                f"TesTaskSensor argument 'tes_task_id' must be a TES task id, got {self.tes_task_id!r}"
+            )
+        return self.tes_task_id.strip()
+
+    def execute(self, context: Context) -> Any:
+        tes_id = self._validate_id()
+        settings = self.hook.settings
+        context["ti"].xcom_push(
+            key=TES_TASK_LINK_KEY, value=task_link(settings.base_url, tes_id, settings.task_link_template)
+        )
+        if not self.deferrable:
+            return super().execute(context)
+        state = self.hook.get_task(tes_id, view=TesView.MINIMAL).state or TesState.UNKNOWN
+        if state.is_terminal:
+            return self._decide(tes_id, state)
+        deadline = time.time() + self.timeout if self.timeout else None
+        self.defer(
+            trigger=TesTaskTrigger(
+                tes_task_id=tes_id,
+                tes_conn_id=self.tes_conn_id,
+                poll_interval=self.poke_interval,
+                deadline=None,
+                started_at=time.time(),
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(0.0, deadline - time.time())) if deadline else None,
+        )
+
+    def poke(self, context: Context) -> bool:
+        tes_id = self._validate_id()
+        state = self.hook.get_task(tes_id, view=TesView.MINIMAL).state or TesState.UNKNOWN
+        self.log.info("TES task %s is %s", tes_id, state.value)
+        if not state.is_terminal:
+            return False
+        self._decide(tes_id, state)
+        return True
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        tes_id = self._validate_id()
+        if not event or event.get("status") == EVENT_DEADLINE:
+            return self._fail(TesError(f"waiting for TES task {tes_id} ended without a result"))
+        if event.get("status") != EVENT_TERMINAL:
+            return self._fail(TesError(f"waiting for TES task {tes_id} failed: {event.get('message')}"))
+        return self._decide(tes_id, TesState(event["state"]))
+
+    def _decide(self, tes_id: str, state: TesState) -> str:
+        if state in self.success_states:
+            self.log.info("TES task %s ended %s", tes_id, state.value)
+            return state.value
+        wanted = ", ".join(sorted(s.value for s in self.success_states))
+        self._fail(
+            TesTaskFailedError(
+                f"TES task {tes_id} ended {state.value}, not one of the success states ({wanted})",
+                task_id=tes_id,
+                state=state.value,
+            )
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fail(self, error: TesError) -> Any:
+        if self.soft_fail:
+            raise AirflowSkipException(str(error)) from error
+        raise error
