@@ -23,7 +23,7 @@ from tes_proxy import TesProxy
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
-from airflow_provider_tes.triggers import tes as trigger_module
+from airflow_provider_tes.triggers import polling as polling_module
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 
 pytestmark = pytest.mark.funnel
@@ -136,7 +136,8 @@ class _RecordingHook(TesHook):
 @pytest.fixture
 def recording_hook(monkeypatch: pytest.MonkeyPatch) -> type[_RecordingHook]:
     _RecordingHook.instances = []
-    monkeypatch.setattr(trigger_module, "TesHook", _RecordingHook)
+    # The trigger's status polls go through the shared poller, which owns the hook.
+    monkeypatch.setattr(polling_module, "TesHook", _RecordingHook)
     return _RecordingHook
 
 

@@ -15,7 +15,8 @@ from airflow_provider_tes.exceptions import (
     TesServerUnavailableError,
 )
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.models import TesState, TesView
+from airflow_provider_tes.models import TesState
+from airflow_provider_tes.triggers.polling import SharedStatusPoller
 
 #: How long polls may keep failing (transport errors, 5xx, garbled bodies) before the wait
 #: ends with an error event. Servers restart and proxies hiccup; a task that runs for
@@ -79,21 +80,24 @@ class TesTaskTrigger(BaseTrigger):
         return f"{time.time() - self.started_at:.1f}s" if self.started_at else "?"
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = TesHook(self.tes_conn_id)
-        last_state: TesState | None = None
+        poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval)
         failing_since: float | None = None
-        try:
+        async with poller.watch(self.tes_task_id) as updates:
             while True:
-                if self.deadline is not None and time.time() >= self.deadline:
-                    yield await self._cancel_for_deadline(hook)
+                left = self._time_left()
+                if left is not None and left <= 0:
+                    yield await self._cancel_for_deadline(poller.hook)
                     return
                 try:
-                    # A hanging server must not push the deadline back by its retries.
-                    async with asyncio.timeout(self._time_left()):
-                        task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
+                    # A hanging server cannot push the deadline back: the wait is bounded.
+                    update = await asyncio.wait_for(updates.get(), timeout=left)
                 except TimeoutError:
-                    continue  # the deadline check at the top of the loop acts now
-                except (TesServerUnavailableError, TesMalformedResponseError) as err:
+                    continue
+                if update.error is not None:
+                    err = update.error
+                    if not isinstance(err, TesServerUnavailableError | TesMalformedResponseError):
+                        yield self._event(EVENT_ERROR, str(err), error_type=type(err).__name__)
+                        return
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since >= self.outage_budget:
@@ -105,31 +109,16 @@ class TesTaskTrigger(BaseTrigger):
                         )
                         return
                     self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
-                    await self._sleep()
                     continue
-                except TesError as err:
-                    yield self._event(EVENT_ERROR, str(err), error_type=type(err).__name__)
-                    return
                 failing_since = None
-                state = task.state or TesState.UNKNOWN
-                if state != last_state:
-                    self.log.info(
-                        "TES task %s is %s (after %s)", self.tes_task_id, state.value, self._elapsed()
-                    )
-                    last_state = state
+                state = update.state or TesState.UNKNOWN
+                self.log.info("TES task %s is %s (after %s)", self.tes_task_id, state.value, self._elapsed())
                 if state.is_terminal:
                     yield self._event(EVENT_TERMINAL, f"TES task ended {state.value}", state=state.value)
                     return
-                await self._sleep()
-        finally:
-            await hook.aclose()
 
     def _time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
-
-    async def _sleep(self) -> None:
-        left = self._time_left()
-        await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
 
     async def _cancel_for_deadline(self, hook: TesHook) -> TriggerEvent:
         message = f"TES task {self.tes_task_id} passed its deadline and was canceled"
