@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # In-process Airflow (hooks, operators under unit test) gets a throwaway home and SQLite,
 # never the user's ~/airflow. Set before anything imports airflow.
 if "AIRFLOW_HOME" not in os.environ:
+    import atexit
     import tempfile
 
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-provider-tes-tests-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
 from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
 from stack import FunnelServer, MotoServer, find_funnel_binary
