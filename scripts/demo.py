@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from airflow_env import AirflowEnv, aws_connection, tes_connection  # noqa: E402
+from airflow_env import AirflowEnv, stack_connections  # noqa: E402
 from stack import FunnelServer, MotoServer, find_funnel_binary  # noqa: E402
 
 BUCKET = "tes-demo"
@@ -32,18 +32,7 @@ def main() -> int:
             print(f"S3 (moto) at {s3.endpoint_url}, TES (Funnel) at {funnel.base_url}")
             airflow = AirflowEnv(
                 home=root / "airflow",
-                connections={
-                    "tes_default": tes_connection(
-                        funnel.base_url,
-                        funnel.user,
-                        funnel.password,
-                        inputs_url=f"s3://{BUCKET}/inputs/",
-                        outputs_url=f"s3://{BUCKET}/outputs/",
-                        aws_conn_id="aws_default",
-                        poll_interval=1,
-                    ),
-                    "aws_default": aws_connection(s3.endpoint_url),
-                },
+                connections=stack_connections(funnel, s3.endpoint_url, BUCKET, "demo"),
             )
             print("Migrating the Airflow metadata DB (SQLite) ...")
             airflow.migrate()

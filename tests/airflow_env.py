@@ -27,6 +27,22 @@ def tes_connection(base_url: str, user: str, password: str, **extra: Any) -> str
     )
 
 
+def stack_connections(funnel: Any, s3_endpoint: str, bucket: str, prefix: str) -> dict[str, str]:
+    """``tes_default`` (Funnel, staging and outputs under ``s3://bucket/prefix/``) and ``aws_default``."""
+    return {
+        "tes_default": tes_connection(
+            funnel.base_url,
+            funnel.user,
+            funnel.password,
+            inputs_url=f"s3://{bucket}/{prefix}/inputs/",
+            outputs_url=f"s3://{bucket}/{prefix}/outputs/",
+            aws_conn_id="aws_default",
+            poll_interval=1,
+        ),
+        "aws_default": aws_connection(s3_endpoint),
+    }
+
+
 def aws_connection(endpoint_url: str, key: str = "testing", secret: str = "testing") -> str:
     return json.dumps(
         {

@@ -33,7 +33,7 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-provider-tes-tests-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
+from airflow_env import TEST_DAGS, AirflowEnv, stack_connections
 from stack import FunnelServer, MotoServer, find_funnel_binary
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -110,18 +110,7 @@ def airflow(
 ) -> AirflowEnv:
     env = AirflowEnv(
         home=tmp_path_factory.mktemp("airflow-home"),
-        connections={
-            "tes_default": tes_connection(
-                funnel.base_url,
-                funnel.user,
-                funnel.password,
-                inputs_url=f"s3://{s3_bucket}/examples/inputs/",
-                outputs_url=f"s3://{s3_bucket}/examples/outputs/",
-                aws_conn_id="aws_default",
-                poll_interval=1,
-            ),
-            "aws_default": aws_connection(moto_server.endpoint_url),
-        },
+        connections=stack_connections(funnel, moto_server.endpoint_url, s3_bucket, "examples"),
     )
     env.migrate()
     return env

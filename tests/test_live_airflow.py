@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
+from airflow_env import TEST_DAGS, AirflowEnv, stack_connections
 from airflow_services import AirflowServices
 
 from airflow_provider_tes.hooks.tes import TesHook
@@ -27,17 +27,7 @@ def live(
     env = AirflowEnv(
         home=tmp_path_factory.mktemp("airflow-live"),
         dags_folder=TEST_DAGS,
-        connections={
-            "tes_default": tes_connection(
-                funnel.base_url,
-                funnel.user,
-                funnel.password,
-                outputs_url=f"s3://{s3_bucket}/live/",
-                aws_conn_id="aws_default",
-                poll_interval=1,
-            ),
-            "aws_default": aws_connection(moto_server.endpoint_url),
-        },
+        connections=stack_connections(funnel, moto_server.endpoint_url, s3_bucket, "live"),
     )
     env.migrate()
     with AirflowServices(env) as services:
