@@ -6,6 +6,7 @@ in S3 and in XCom.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -119,3 +120,34 @@ def test_executor_failure_reports_exit_code_and_stderr(test_dags: AirflowEnv, s3
     stderr_key = next(k for k in keys if k.endswith("/stderr"))
     body = s3_client.get_object(Bucket="tes-test", Key=stderr_key)["Body"].read()
     assert b"something went wrong on purpose" in body
+
+
+def test_openlineage_facets_name_s3_inputs_and_outputs(
+    airflow: AirflowEnv, s3_bucket: str, tmp_path: Any
+) -> None:
+    events_file = tmp_path / "openlineage.jsonl"
+    airflow.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(
+        {"type": "file", "log_file_path": str(events_file), "append": True}
+    )
+    try:
+        airflow.dags_test("example_tes_staging")
+    finally:
+        airflow.extra_env.pop("AIRFLOW__OPENLINEAGE__TRANSPORT")
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    complete = [
+        e
+        for e in events
+        if e.get("eventType") == "COMPLETE" and e.get("job", {}).get("name", "").endswith(".sum_numbers")
+    ]
+    assert complete, [e.get("job", {}).get("name") for e in events]
+    event = complete[-1]
+    result = airflow.xcom("example_tes_staging", "sum_numbers")
+    inputs = {(d["namespace"], d["name"]) for d in event["inputs"]}
+    outputs = {(d["namespace"], d["name"]) for d in event["outputs"]}
+    namespace = f"s3://{s3_bucket}"
+    assert any(ns == namespace and name.startswith("examples/inputs/file/") for ns, name in inputs), inputs
+    assert any(ns == namespace and name.startswith("examples/inputs/directory/") for ns, name in inputs), (
+        inputs
+    )
+    stdout_key = result["stdout_url"].removeprefix(namespace + "/")
+    assert (namespace, stdout_key) in outputs, outputs

@@ -541,7 +541,7 @@ class TesTaskOperator(BaseOperator):
     ) -> Any:
         out_dir = run_state.get("out_dir")
         log = task.last_log
-        return {
+        result = {
             "tes_task_id": task.id,
             "state": state.value,
             "exit_code": exit_code,
@@ -555,6 +555,18 @@ class TesTaskOperator(BaseOperator):
                 for o in (log.outputs if log else [])
             ],
         }
+        # Kept for OpenLineage, which asks in this process right after execute returns.
+        self._lineage = (run_state.get("task"), result)
+        return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs and outputs of the TES task as datasets (when the OpenLineage provider is installed)."""
+        from airflow_provider_tes.openlineage import lineage_for_task
+
+        task_body, result = getattr(self, "_lineage", (None, None))
+        if task_body is None:
+            return None
+        return lineage_for_task(task_body, result, tes_base_url=self.hook.base_url)
 
     def _read_tail(self, out_dir: str | None, name: str) -> str | None:
         """The end of an uploaded stdout/stderr object, for servers whose logs omit them."""
