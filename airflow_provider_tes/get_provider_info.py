@@ -34,7 +34,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.triggers.tes"]}
         ],
-        "extra-links": ["airflow_provider_tes.links.TesTaskLink"],
+        "extra-links": [
+            "airflow_provider_tes.links.TesTaskLink",
+            "airflow_provider_tes.links.TesOutputsLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "tes",

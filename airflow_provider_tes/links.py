@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
@@ -13,16 +14,32 @@ if TYPE_CHECKING:
 
 #: XCom key under which the operator stores the link target before it defers.
 TES_TASK_LINK_KEY = "tes_task_link"
+#: XCom key under which the operator stores the outputs folder link before it defers.
+TES_OUTPUTS_LINK_KEY = "tes_outputs_link"
 
 
-class TesTaskLink(BaseOperatorLink):
+class _XComLink(BaseOperatorLink):
+    """A link whose URL the operator computed and stored in XCom (so it shows while deferred)."""
+
+    xcom_key: str = ""
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value: Any = XCom.get_value(key=self.xcom_key, ti_key=ti_key)
+        return str(value) if value else ""
+
+
+class TesTaskLink(_XComLink):
     """Link to the TES task: its FULL view in the TES API, or a dashboard URL template."""
 
     name = "TES Task"
+    xcom_key = TES_TASK_LINK_KEY
 
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        value: Any = XCom.get_value(key=TES_TASK_LINK_KEY, ti_key=ti_key)
-        return str(value) if value else ""
+
+class TesOutputsLink(_XComLink):
+    """Link to the task's outputs folder: the S3 console for ``s3://``, other URLs as they are."""
+
+    name = "TES Outputs"
+    xcom_key = TES_OUTPUTS_LINK_KEY
 
 
 def task_link(base_url: str, task_id: str, template: str | None = None) -> str:
@@ -30,3 +47,17 @@ def task_link(base_url: str, task_id: str, template: str | None = None) -> str:
     if template:
         return template.format(base_url=base_url.rstrip("/"), task_id=task_id)
     return f"{base_url.rstrip('/')}/tasks/{task_id}?view=FULL"
+
+
+def outputs_link(outputs_url: str) -> str:
+    """The URL users follow to browse a task's outputs folder.
+
+    ``s3://bucket/key/`` becomes the AWS S3 console at that prefix; any other URL is returned as is.
+    """
+    parts = urlsplit(outputs_url)
+    if parts.scheme == "s3" and parts.netloc:
+        bucket = quote(parts.netloc, safe="")
+        prefix = parts.path.lstrip("/")
+        url = f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}"
+        return f"{url}?prefix={quote(prefix, safe='/')}" if prefix else url
+    return outputs_url

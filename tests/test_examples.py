@@ -46,6 +46,10 @@ def test_hello(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
     assert read_s3(s3_client, result["stdout_url"]).startswith("hello from TES, run ")
     assert {o["path"] for o in result["outputs"]} >= {"/mnt/task/stdout", "/mnt/task/stderr"}
     assert airflow.xcom("example_tes_hello", "hello", key="tes_task_id") == result["tes_task_id"]
+    bucket, _, key = result["outputs_url"].removeprefix("s3://").partition("/")
+    assert airflow.xcom("example_tes_hello", "hello", key="tes_outputs_link") == (
+        f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={key}"
+    )
 
 
 def test_staging(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:

@@ -19,7 +19,14 @@ from airflow_provider_tes.exceptions import (
     TesTaskPreemptedError,
 )
 from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
-from airflow_provider_tes.links import TES_TASK_LINK_KEY, TesTaskLink, task_link
+from airflow_provider_tes.links import (
+    TES_OUTPUTS_LINK_KEY,
+    TES_TASK_LINK_KEY,
+    TesOutputsLink,
+    TesTaskLink,
+    outputs_link,
+    task_link,
+)
 from airflow_provider_tes.models import TesExecutor, TesInput, TesState, TesTask, TesView
 from airflow_provider_tes.task_builder import (
     GUEST_COMMAND_PATH,
@@ -96,7 +103,7 @@ class TesTaskOperator(BaseOperator):
         "inputs": "json",
         "outputs": "json",
     }
-    operator_extra_links = (TesTaskLink(),)
+    operator_extra_links = (TesTaskLink(), TesOutputsLink())
     ui_color = "#d9ecf2"
 
     def __init__(
@@ -188,7 +195,7 @@ class TesTaskOperator(BaseOperator):
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         run_state = self._reattach(identity) or self._submit_first(identity, settings, deadline)
         run_state["deadline"] = deadline
-        self._publish(context, run_state["attempts"][-1])
+        self._publish(context, run_state)
         return self._wait(context, run_state)
 
     def _identity(self, context: Context) -> TaskIdentity:
@@ -396,14 +403,17 @@ class TesTaskOperator(BaseOperator):
             }
         return None
 
-    def _publish(self, context: Context, tes_id: str) -> None:
-        """Store the id and link before deferring, so the UI shows them while the task runs."""
+    def _publish(self, context: Context, run_state: dict[str, Any]) -> None:
+        """Store the id and links before deferring, so the UI shows them while the task runs."""
         settings = self.hook.settings
+        tes_id = run_state["attempts"][-1]
         ti = context["ti"]
         ti.xcom_push(key="tes_task_id", value=tes_id)
         ti.xcom_push(
             key=TES_TASK_LINK_KEY, value=task_link(settings.base_url, tes_id, settings.task_link_template)
         )
+        if run_state.get("out_dir"):
+            ti.xcom_push(key=TES_OUTPUTS_LINK_KEY, value=outputs_link(run_state["out_dir"]))
 
     # -- waiting ------------------------------------------------------------------------------------
 
@@ -532,8 +542,8 @@ class TesTaskOperator(BaseOperator):
             )
         run_state["preemptible_left"] = left - 1
         self.log.warning("TES task %s was preempted; resubmitting (%d resubmissions left)", tes_id, left - 1)
-        new_id = self._submit(run_state)
-        self._publish(context, new_id)
+        self._submit(run_state)
+        self._publish(context, run_state)
         return self._wait(context, run_state)
 
     def _result(
