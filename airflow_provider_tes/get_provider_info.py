@@ -47,13 +47,22 @@ def get_provider_info() -> dict[str, Any]:
                     "auth_type": _field(
                         "Auth type",
                         "string",
-                        "none, basic (login/password) or bearer (token below, or the password field). "
+                        "none, basic (login/password), bearer (token below, or the password field) or "
+                        "oauth2 (client credentials: client id as login, secret as password, "
+                        "token URL below). "
                         "Left empty: basic when a login is set, bearer when only a token is.",
-                        enum=["none", "basic", "bearer", None],
+                        enum=["none", "basic", "bearer", "oauth2", None],
                     ),
                     "token": _field(
                         "Bearer token", "string", "Static bearer token (kept secret).", format="password"
                     ),
+                    "token_url": _field(
+                        "OAuth2 token URL",
+                        "string",
+                        "Client-credentials token endpoint (auth type oauth2); "
+                        "tokens are renewed before they expire.",
+                    ),
+                    "scope": _field("OAuth2 scope", "string", "Scope requested with oauth2 (optional)."),
                     "verify": _field(
                         "Verify TLS", "boolean", "Verify the server's TLS certificate.", default=True
                     ),

@@ -247,6 +247,7 @@ class FunnelServer:
         log_level: str = "info",
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
+        oidc: dict[str, Any] | None = None,
     ) -> None:
         if compute not in ("local", "noop"):
             raise ValueError(f"unsupported compute backend {compute!r} (local or noop)")
@@ -263,6 +264,7 @@ class FunnelServer:
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.oidc = dict(oidc) if oidc else None  # Server.OidcAuth (ServiceConfigURL, ClientId, ...)
 
         self.http_port = free_port()
         self.rpc_port = free_port()
@@ -314,6 +316,7 @@ class FunnelServer:
                 "BasicAuth": users,
                 "DisableHTTPCache": True,
                 "TaskAccess": "All",
+                **({"OidcAuth": self.oidc} if self.oidc else {}),
             },
             "RPCClient": {
                 "ServerAddress": f"{self.host}:{self.rpc_port}",
@@ -462,7 +465,8 @@ class FunnelServer:
                 shutil.copy2(p, dest / p.name)
         if self.config_path.exists():
             text = self.config_path.read_text()
-            for secret in {self.password, *(u.get("Password", "") for u in self.extra_users)}:
+            oidc_secret = (self.oidc or {}).get("ClientSecret", "")
+            for secret in {self.password, oidc_secret, *(u.get("Password", "") for u in self.extra_users)}:
                 if secret:
                     text = text.replace(secret, "***")
             (dest / self.config_path.name).write_text(text)

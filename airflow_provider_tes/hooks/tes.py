@@ -114,6 +114,8 @@ class TesConnectionSettings:
     outputs_url: str | None = None
     aws_conn_id: str | None = None
     task_link_template: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
 
     @classmethod
     def from_connection(cls, conn: Any) -> Self:
@@ -129,9 +131,10 @@ class TesConnectionSettings:
         auth_type = (extra.get("auth_type") or "").strip().lower()
         if not auth_type:
             auth_type = "bearer" if token else ("basic" if conn.login else "none")
-        if auth_type not in {"none", "basic", "bearer"}:
+        if auth_type not in {"none", "basic", "bearer", "oauth2"}:
             raise TesConfigurationError(
-                f"connection {conn_id!r}: auth_type must be one of none, basic, bearer (got {auth_type!r})"
+                f"connection {conn_id!r}: auth_type must be one of none, basic, bearer, oauth2 "
+                f"(got {auth_type!r})"
             )
         secret: str | None = None
         if auth_type == "basic":
@@ -144,6 +147,13 @@ class TesConnectionSettings:
                 raise TesConfigurationError(
                     f"connection {conn_id!r}: bearer auth needs a token (extra 'token' or the password field)"
                 )
+        elif auth_type == "oauth2":
+            if not (extra.get("token_url") and conn.login and conn.password):
+                raise TesConfigurationError(
+                    f"connection {conn_id!r}: oauth2 needs extra 'token_url', the client id as login "
+                    "and the client secret as password"
+                )
+            secret = conn.password
         if secret:
             _mask(secret)
         verify: bool | str = _as_bool(extra.get("verify", True), "verify", conn_id)
@@ -153,7 +163,7 @@ class TesConnectionSettings:
             conn_id=conn_id,
             base_url=base_url,
             auth_type=auth_type,
-            login=conn.login if auth_type == "basic" else None,
+            login=conn.login if auth_type in ("basic", "oauth2") else None,
             secret=secret,
             timeout=_as_number(extra.get("timeout", DEFAULT_TIMEOUT), "timeout", conn_id, minimum=0.001),
             retries=_as_number(extra.get("retries", DEFAULT_RETRIES), "retries", conn_id, integer=True),
@@ -172,6 +182,8 @@ class TesConnectionSettings:
             outputs_url=extra.get("outputs_url") or None,
             aws_conn_id=extra.get("aws_conn_id") or None,
             task_link_template=extra.get("task_link_template") or None,
+            token_url=extra.get("token_url") or None,
+            scope=extra.get("scope") or None,
         )
 
     @staticmethod
@@ -209,6 +221,15 @@ class TesConnectionSettings:
             return httpx.BasicAuth(self.login or "", self.secret or "")
         if self.auth_type == "bearer":
             return _BearerAuth(self.secret or "")
+        if self.auth_type == "oauth2":
+            from airflow_provider_tes.auth import OAuth2ClientCredentials
+
+            return OAuth2ClientCredentials(
+                token_url=self.token_url or "",
+                client_id=self.login or "",
+                client_secret=self.secret or "",
+                scope=self.scope,
+            )
         return None
 
     def describe_credential(self) -> str:
@@ -216,6 +237,11 @@ class TesConnectionSettings:
             return f"the login/password (user {self.login!r}) of connection {self.conn_id!r}"
         if self.auth_type == "bearer":
             return f"the bearer token of connection {self.conn_id!r}"
+        if self.auth_type == "oauth2":
+            return (
+                f"the OAuth2 client {self.login!r} (token from {self.token_url}) "
+                f"of connection {self.conn_id!r}"
+            )
         return f"connection {self.conn_id!r}, which sends no credentials (set a login/password or token)"
 
 
