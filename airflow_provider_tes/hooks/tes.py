@@ -278,7 +278,7 @@ def _parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -505,9 +505,9 @@ class TesHook(BaseHook):
         if 200 <= status < 300:
             try:
                 return response.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise TesMalformedResponseError(
-                    f"{where}: the body is not JSON: {response.text[:200]!r}",
+                    f"{where}: the body is not JSON: {_preview(response)!r}",
                     method=req.method,
                     url=url,
                     status_code=status,
@@ -635,6 +635,23 @@ class TesHook(BaseHook):
             params.append(("page_size", str(page_size)))
         return params
 
+    def _next_token(self, page: TesListTasksResponse, seen: set[str], req: _Request) -> str | None:
+        """The token of the next page; ``None`` at the end (empty token or empty page).
+
+        A token seen before would page forever, so it is a malformed answer.
+        """
+        token = page.next_page_token
+        if not token or not page.tasks:
+            return None
+        if token in seen:
+            raise TesMalformedResponseError(
+                f"{req.method} {self.base_url}/{req.path}: the server repeated page token {token!r}",
+                method=req.method,
+                url=f"{self.base_url}/{req.path}",
+            )
+        seen.add(token)
+        return token
+
     @staticmethod
     def _page_request(
         params: list[tuple[str, str | int | float | bool | None]], token: str | None
@@ -665,12 +682,13 @@ class TesHook(BaseHook):
         """Every matching task, following page tokens until an empty token or empty page."""
         params = self._list_params(name_prefix, state, tags, view, page_size)
         token: str | None = None
+        seen: set[str] = set()
         while True:
             req = self._page_request(params, token)
             page = self._parse(TesListTasksResponse, self._call(req), req)
             yield from page.tasks
-            token = page.next_page_token
-            if not token or not page.tasks:
+            token = self._next_token(page, seen, req)
+            if token is None:
                 return
 
     def create_task(self, task: TesTask) -> str:
@@ -743,13 +761,14 @@ class TesHook(BaseHook):
     ) -> AsyncIterator[TesTask]:
         params = self._list_params(name_prefix, state, tags, view, page_size)
         token: str | None = None
+        seen: set[str] = set()
         while True:
             req = self._page_request(params, token)
             page = self._parse(TesListTasksResponse, await self._a_call(req), req)
             for task in page.tasks:
                 yield task
-            token = page.next_page_token
-            if not token or not page.tasks:
+            token = self._next_token(page, seen, req)
+            if token is None:
                 return
 
 
@@ -773,11 +792,16 @@ def _has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in (tags or {}).items())
 
 
+def _preview(response: httpx.Response, size: int = 200) -> str:
+    """The start of a body for a message, whatever charset the server claimed."""
+    return response.content[:size].decode("utf-8", "replace")
+
+
 def _server_message(response: httpx.Response) -> str:
     try:
         data = response.json()
-    except ValueError:
-        return response.text.strip()[:500]
+    except (ValueError, RecursionError):
+        return _preview(response, 500).strip()
     if isinstance(data, dict):
         for key in ("message", "msg", "error", "detail"):
             if data.get(key):

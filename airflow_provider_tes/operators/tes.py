@@ -213,10 +213,7 @@ class TesTaskOperator(BaseOperator):
     def _submit_first(
         self, identity: TaskIdentity, settings: TesConnectionSettings, deadline: float | None
     ) -> dict[str, Any]:
-        plan, outputs_url = self._validate(settings)
-        out_dir = output_directory(outputs_url, identity.name(), datetime.now(UTC))
-        staged = self._stage(plan, settings)
-        task = self._assemble(plan, staged, out_dir)
+        task, out_dir = self._build_task(settings, identity)
         run_state = {
             "task": task.to_request(),
             "identity": identity.__dict__,
@@ -226,6 +223,15 @@ class TesTaskOperator(BaseOperator):
         }
         self._submit(run_state)
         return run_state
+
+    def _build_task(
+        self, settings: TesConnectionSettings, identity: TaskIdentity, out_dir: str | None = None
+    ) -> tuple[TesTask, str]:
+        """Validate, stage and assemble the task; ``out_dir`` keeps an earlier output folder."""
+        plan, outputs_url = self._validate(settings)
+        out_dir = out_dir or output_directory(outputs_url, identity.name(), datetime.now(UTC))
+        staged = self._stage(plan, settings)
+        return self._assemble(plan, staged, out_dir), out_dir
 
     def _validate(self, settings: TesConnectionSettings) -> tuple[TaskPlan, str]:
         """Every check on rendered arguments; runs before anything is uploaded or sent."""
@@ -341,7 +347,14 @@ class TesTaskOperator(BaseOperator):
     def _submit(self, run_state: dict[str, Any]) -> str:
         """Send the next attempt of the task; the name and tags make it findable and unique."""
         identity = TaskIdentity(**run_state["identity"])
-        attempt = len(run_state["attempts"])
+        attempt = int(run_state.get("next_attempt", len(run_state["attempts"])))
+        if run_state["task"] is None:
+            # Reattached to an earlier try's task: the server's copy lacks inline content
+            # (BASIC view), so the body is rebuilt from this operator's own arguments.
+            task, run_state["out_dir"] = self._build_task(
+                self.hook.settings, identity, run_state.get("out_dir")
+            )
+            run_state["task"] = task.to_request()
         body = dict(run_state["task"])
         body["name"] = identity.name(attempt)
         body["tags"] = {**(self.tags or {}), **identity.tags(attempt)}
@@ -357,6 +370,7 @@ class TesTaskOperator(BaseOperator):
         task = TesTask.model_validate(body)
         tes_id = self.hook.create_task(task)
         run_state["attempts"].append(tes_id)
+        run_state["next_attempt"] = attempt + 1
         self.tes_task_id = tes_id
         self.log.info(
             "Submitted TES task %s (%s, attempt %d, preemptible=%s)",
@@ -395,10 +409,11 @@ class TesTaskOperator(BaseOperator):
             )
             self.tes_task_id = candidate.id
             return {
-                "task": candidate.to_request() | {"name": None, "tags": None},
+                "task": None,
                 "identity": earlier.__dict__,
                 "out_dir": stdout[: -len("stdout")] if stdout else None,
                 "attempts": [candidate.id],
+                "next_attempt": attempt + 1,
                 "preemptible_left": max(0, self.preemptible - attempt),
             }
         return None
