@@ -866,3 +866,37 @@ def test_settings_from_connection_object_repr() -> None:
     assert settings.secret == PASSWORD
     assert settings.auth_type == "basic"
     assert_no_secret(repr(settings), str(settings), settings.describe_credential())
+
+
+# -- identity lookup: tag filter where the server has it, name prefix where it does not ---------------
+
+
+@pytest.mark.usefixtures("basic_conn")
+@pytest.mark.parametrize("server", ["filters", "refuses_tags", "ignores_filters"])
+def test_find_task_by_identity_on_any_server(server: str) -> None:
+    tasks = [
+        task_doc("a", name="job-t1", tags={"run": "1"}),
+        task_doc("b", name="job-t1", tags={"run": "2"}),
+        task_doc("c", name="job-t10", tags={"run": "1"}),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if "tag_key" in params and server == "refuses_tags":
+            return respond(None, {"message": "tag filters are not supported"}, status=400)
+        found = tasks
+        if server != "ignores_filters":
+            found = [t for t in found if t["name"].startswith(params.get("name_prefix", ""))]
+            wanted = dict(zip(params.get_list("tag_key"), params.get_list("tag_value"), strict=True))
+            found = [t for t in found if all(t["tags"].get(k) == v for k, v in wanted.items())]
+        return respond("tesListTasksResponse", {"tasks": found, "next_page_token": ""})
+
+    harness = Harness(handler)
+    found = harness.hook.find_task_by_identity("job-t1", {"run": "2"})
+    assert found is not None
+    assert found.id == "b"
+    assert harness.hook.find_task_by_identity("job-t1", {"run": "3"}) is None
+    tagged_queries = [r for r in harness.requests if "tag_key" in r.url.params]
+    assert tagged_queries, "the tag filter is asked for first"
+    expected = 4 if server == "refuses_tags" else 2
+    assert len(harness.requests) == expected

@@ -723,10 +723,17 @@ class TesHook(BaseHook):
     def find_task_by_identity(self, name: str, tags: Mapping[str, str] | None = None) -> TesTask | None:
         """The newest task with exactly this name and (at least) these tags, if any.
 
-        Filters by ``name_prefix`` on the server and checks name and tags here, so it is
-        correct on servers that ignore either filter.
+        Asks the server to filter by name prefix and TES 1.1 tags; a server that refuses the
+        tag filter (400) is asked by name prefix alone. Name and tags are checked here too,
+        so the answer is right on servers that ignore either filter.
         """
-        for candidate in self.list_tasks(name_prefix=name, view=TesView.BASIC):
+        try:
+            candidates = list(self.list_tasks(name_prefix=name, tags=tags, view=TesView.BASIC))
+        except TesBadRequestError:
+            if not tags:
+                raise
+            candidates = list(self.list_tasks(name_prefix=name, view=TesView.BASIC))
+        for candidate in candidates:
             if candidate.name == name and _has_tags(candidate, tags):
                 return candidate
         return None
