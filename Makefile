@@ -12,7 +12,7 @@ export FUNNEL_VERSION FUNNEL_BIN_DIR
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PYTEST_ARGS ?=
 
-.PHONY: help uv sync funnel lint test demo bench clean
+.PHONY: help uv sync funnel browser lint test demo bench clean
 
 help:
 	@echo "make demo   - set up everything, then run the hello-world DAG against a local Funnel + S3"
@@ -36,7 +36,10 @@ lint: sync
 	"$(UV)" run --frozen ruff format --check .
 	"$(UV)" run --frozen mypy
 
-test: sync funnel lint
+browser:
+	scripts/install-browser.sh
+
+test: sync funnel browser lint
 	"$(UV)" run --frozen pytest $(PYTEST_ARGS)
 
 demo: sync funnel

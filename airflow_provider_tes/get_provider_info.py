@@ -95,7 +95,8 @@ def get_provider_info() -> dict[str, Any]:
                     "task_link_template": _field(
                         "Task link template",
                         "string",
-                        "URL shown as 'TES Task' link; {base_url} and {task_id} are replaced.",
+                        "URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, "
+                        "e.g. {origin}/tasks/{task_id} for Funnel's dashboard.",
                     ),
                 },
                 "ui-field-behaviour": {

@@ -45,7 +45,10 @@ class TesOutputsLink(_XComLink):
 def task_link(base_url: str, task_id: str, template: str | None = None) -> str:
     """The URL users follow to see a TES task."""
     if template:
-        return template.format(base_url=base_url.rstrip("/"), task_id=task_id)
+        # {origin} lets a template point at a dashboard beside the API (Funnel: {origin}/tasks/{task_id}).
+        parts = urlsplit(base_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        return template.format(base_url=base_url.rstrip("/"), origin=origin, task_id=task_id)
     return f"{base_url.rstrip('/')}/tasks/{task_id}?view=FULL"
 
 
