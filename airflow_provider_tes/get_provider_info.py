@@ -50,8 +50,9 @@ def get_provider_info() -> dict[str, Any]:
                         "none, basic (login/password), bearer (token below, or the password field) or "
                         "oauth2 (client credentials: client id as login, secret as password, "
                         "token URL below). "
-                        "Left empty: basic when a login is set, bearer when only a token is.",
-                        enum=["none", "basic", "bearer", "oauth2", None],
+                        "auto: basic when a login is set, bearer when only a token is.",
+                        enum=["auto", "none", "basic", "bearer", "oauth2"],
+                        default="auto",
                     ),
                     "token": _field(
                         "Bearer token", "string", "Static bearer token (kept secret).", format="password"

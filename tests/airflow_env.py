@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO_ROOT / "dags_examples"
@@ -56,7 +56,14 @@ def aws_connection(endpoint_url: str, key: str = "testing", secret: str = "testi
 
 @dataclass
 class AirflowEnv:
-    """One AIRFLOW_HOME with its own SQLite database and connections from env vars."""
+    """One AIRFLOW_HOME with its own SQLite database and connections from env vars.
+
+    Every home and every CLI output is remembered (``HOMES``, ``OUTPUTS``) so the test
+    session can scan all of them for secrets at its end.
+    """
+
+    HOMES: ClassVar[list[Path]] = []
+    OUTPUTS: ClassVar[list[str]] = []
 
     home: Path
     dags_folder: Path = EXAMPLE_DAGS
@@ -99,6 +106,7 @@ class AirflowEnv:
             text=True,
             timeout=timeout,
         )
+        self.OUTPUTS.append(f"$ airflow {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"airflow {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-8000:]}"
@@ -108,6 +116,7 @@ class AirflowEnv:
 
     def migrate(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.HOMES.append(self.home)
         self.run("db", "migrate", timeout=600)
 
     def dags_test(

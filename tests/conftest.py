@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -94,6 +95,8 @@ def funnel(
         user="admin",
         password=secrets.token_urlsafe(18),
     )
+    SESSION_SECRETS.add(server.password)
+    SESSION_SECRETS.add(base64.b64encode(f"{server.user}:{server.password}".encode()).decode())
     server.start()
     try:
         yield server
@@ -125,3 +128,36 @@ def test_dags(airflow: AirflowEnv) -> Iterator[AirflowEnv]:
         yield airflow
     finally:
         airflow.dags_folder = original
+
+
+# -- a secrets scan over the whole session ----------------------------------------------------------
+
+#: Passwords/tokens of the session's servers; fixtures add theirs.
+SESSION_SECRETS: set[str] = set()
+
+
+def _leaks(text: str) -> list[str]:
+    return [secret for secret in SESSION_SECRETS if secret and secret in text]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any Airflow CLI output or log file of the session shows a secret."""
+    found: list[str] = []
+    for number, output in enumerate(AirflowEnv.OUTPUTS):
+        if _leaks(output):
+            found.append(f"CLI output #{number}: {output.splitlines()[0] if output else ''}")
+    for home in AirflowEnv.HOMES:
+        for folder in ("logs", "service-logs"):
+            for path in (home / folder).rglob("*") if (home / folder).exists() else []:
+                if path.is_file() and _leaks(path.read_text(errors="replace")):
+                    found.append(str(path))
+    scanned = len(AirflowEnv.OUTPUTS)
+    if found:
+        print(f"\n[secrets] a password or token appears in: {found}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif SESSION_SECRETS:
+        print(
+            f"\n[secrets] scanned {scanned} Airflow CLI outputs and the logs of {len(AirflowEnv.HOMES)} "
+            "Airflow homes: no password or token found",
+            file=sys.stderr,
+        )

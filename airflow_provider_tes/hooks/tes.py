@@ -129,7 +129,7 @@ class TesConnectionSettings:
         base_url = cls._base_url(conn, extra)
         token = extra.get("token") or None
         auth_type = (extra.get("auth_type") or "").strip().lower()
-        if not auth_type:
+        if auth_type in ("", "auto"):
             auth_type = "bearer" if token else ("basic" if conn.login else "none")
         if auth_type not in {"none", "basic", "bearer", "oauth2"}:
             raise TesConfigurationError(
