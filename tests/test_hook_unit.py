@@ -900,3 +900,24 @@ def test_find_task_by_identity_on_any_server(server: str) -> None:
     assert tagged_queries, "the tag filter is asked for first"
     expected = 4 if server == "refuses_tags" else 2
     assert len(harness.requests) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "expected"),
+    [
+        ("https://tes.test/ga4gh/tes/v1", {}, True),
+        ("https://tes.test/ga4gh/tes/v1", {"ca_bundle": "/etc/tes-ca.pem"}, "/etc/tes-ca.pem"),
+        ("https://tes.test/ga4gh/tes/v1", {"verify": False}, False),
+        ("http://tes.test/ga4gh/tes/v1", {}, False),
+        (
+            "http://tes.test/ga4gh/tes/v1",
+            {"auth_type": "oauth2", "token_url": "https://idp.test/token"},
+            True,
+        ),
+    ],
+)
+def test_tls_is_verified_wherever_tls_is_used(
+    monkeypatch: pytest.MonkeyPatch, host: str, extra: dict[str, Any], expected: bool | str
+) -> None:
+    set_conn(monkeypatch, json_conn(host=host, extra=extra))
+    assert TesHook(CONN_ID).settings.tls_verify() == expected

@@ -216,6 +216,17 @@ class TesConnectionSettings:
         # the URL can appear in every message and log line.
         return urlunsplit((parts.scheme, netloc, path, "", ""))
 
+    def tls_verify(self) -> bool | str:
+        """What httpx should verify; nothing when no URL the client talks to is https.
+
+        Building a verifying SSL context costs tens of milliseconds per client, most of a
+        plain-HTTP submit, so it is skipped when no request can use TLS (redirects are off).
+        """
+        urls = [self.base_url, self.token_url if self.auth_type == "oauth2" else None]
+        if not any(url and url.lower().startswith("https:") for url in urls):
+            return False
+        return self.verify
+
     def httpx_auth(self) -> httpx.Auth | None:
         if self.auth_type == "basic":
             return httpx.BasicAuth(self.login or "", self.secret or "")
@@ -391,7 +402,7 @@ class TesHook(BaseHook):
             "base_url": settings.base_url + "/",
             "auth": settings.httpx_auth(),
             "timeout": httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            "verify": settings.verify,
+            "verify": settings.tls_verify(),
             "limits": httpx.Limits(
                 max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
             ),
