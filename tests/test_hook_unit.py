@@ -619,6 +619,34 @@ def test_list_stops_on_empty_page(basic_conn: None) -> None:
     assert len(h.requests) == 2
 
 
+def test_minimal_answers_are_read_as_minimal(basic_conn: None) -> None:
+    """Funnel sends whole tasks (Go zero values included) for a tag-filtered MINIMAL listing."""
+    go_style = {"workdir": "", "stdin": "", "stdout": "", "stderr": "", "env": {}}
+    full = task_doc(
+        "a",
+        "QUEUED",
+        name="big",
+        tags={"dag_id": "d"},
+        inputs=[{"path": "/in", "content": "x" * 1000}],
+        executors=[{"image": "alpine", "command": ["true"], **go_style}],
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/tasks"):
+            return respond("tesListTasksResponse", {"tasks": [full], "next_page_token": ""})
+        return respond("tesTask", full)
+
+    h = Harness(handler)
+    listed = list(h.hook.list_tasks(tags={"dag_id": ""}))
+    assert [(t.id, t.state) for t in listed] == [("a", TesState.QUEUED)]
+    assert listed[0].name is None and listed[0].executors == [] and listed[0].inputs is None
+    got = h.hook.get_task("a")
+    assert (got.id, got.state, got.name) == ("a", TesState.QUEUED, None)
+    # other views keep what the server sent
+    basic = next(iter(h.hook.list_tasks(view="BASIC")))
+    assert basic.name == "big" and basic.tags == {"dag_id": "d"}
+
+
 def test_list_filters(basic_conn: None) -> None:
     h = Harness(scripted(respond("tesListTasksResponse", {"tasks": []})))
     list(

@@ -113,6 +113,34 @@ async def test_one_listing_per_active_state_for_many_tasks(fake: FakeTes, poller
         assert update.state is TesState.COMPLETE
 
 
+async def test_slow_listings_run_side_by_side_and_keep_the_cadence(fake: FakeTes) -> None:
+    """A listing that takes a while (thousands of tasks) neither adds up per state nor delays rounds."""
+    delay, interval, window = 0.3, 0.4, 2.4
+    in_flight = peak = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        if request.url.path.endswith("/tasks"):
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(delay)
+            in_flight -= 1
+        return fake(request)
+
+    fake.add("a")
+    hook = TesHook(CONN, async_transport=httpx.MockTransport(slow))
+    poller = SharedStatusPoller(CONN, interval, hook=hook)
+    async with poller.watch("a") as queue:
+        await _next(queue)
+        rounds = poller.rounds
+        await asyncio.sleep(window)
+        done = poller.rounds - rounds
+    assert peak == 4, "the four active states are listed at the same time"
+    # rounds one interval apart: 6 in the window; one interval after the previous round's end
+    # would give 3 or 4
+    assert done >= 5, done
+
+
 async def test_untagged_task_is_polled_by_get(fake: FakeTes, poller: SharedStatusPoller) -> None:
     fake.add("foreign", tagged=False)
     async with poller.watch("foreign") as queue:

@@ -109,11 +109,18 @@ class SharedStatusPoller:
     # -- polling ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self.watches:
             self._wakeup.clear()
+            started = loop.time()
             await self.poll_once()
+            # Rounds start one interval apart however long a round takes (a listing of
+            # thousands of tasks takes a while), so a state change is seen within an interval
+            # plus one round, not an interval plus two.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.interval)
+                await asyncio.wait_for(
+                    self._wakeup.wait(), timeout=max(0.0, started + self.interval - loop.time())
+                )
 
     async def poll_once(self) -> None:
         """One round: the coalesced listing, then GETs for watched tasks it did not show."""
@@ -138,13 +145,23 @@ class SharedStatusPoller:
             await asyncio.gather(*(self._get_one(task_id) for task_id in missing))
 
     async def _list_active(self) -> dict[str, TesState]:
+        async def listed(state: TesState) -> dict[str, TesState]:
+            return {
+                task.id: task.state
+                async for task in self.hook.a_list_tasks(
+                    state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
+                )
+                if task.id and task.state
+            }
+
+        # The states are listed side by side, so a round lasts as long as the longest listing;
+        # every listing is awaited to its end before a failure of one is raised.
+        parts = await asyncio.gather(*(listed(state) for state in ACTIVE_STATES), return_exceptions=True)
         found: dict[str, TesState] = {}
-        for state in ACTIVE_STATES:
-            async for task in self.hook.a_list_tasks(
-                state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
-            ):
-                if task.id and task.state:
-                    found[task.id] = task.state
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+            found.update(part)
         return found
 
     async def _get_one(self, task_id: str) -> None:
