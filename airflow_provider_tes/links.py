@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
+    from airflow.sdk import BaseOperator, Context
     from airflow.sdk.types import TaskInstanceKey
 
 #: XCom key under which the operator stores the link target before it defers.
@@ -19,13 +19,21 @@ TES_OUTPUTS_LINK_KEY = "tes_outputs_link"
 
 
 class _XComLink(BaseOperatorLink):
-    """A link whose URL the operator computed and stored in XCom (so it shows while deferred)."""
+    """A link whose URL is computed by the task and stored in XCom, so it shows while deferred.
+
+    Each link class writes its own XCom (:meth:`persist`), as the amazon provider's links do,
+    so the key a link is read from and the key it is written to cannot drift apart.
+    """
 
     xcom_key: str = ""
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         value: Any = XCom.get_value(key=self.xcom_key, ti_key=ti_key)
         return str(value) if value else ""
+
+    @classmethod
+    def _store(cls, context: Context, url: str) -> None:
+        context["ti"].xcom_push(key=cls.xcom_key, value=url)
 
 
 class TesTaskLink(_XComLink):
@@ -34,6 +42,10 @@ class TesTaskLink(_XComLink):
     name = "TES Task"
     xcom_key = TES_TASK_LINK_KEY
 
+    @classmethod
+    def persist(cls, context: Context, *, base_url: str, tes_task_id: str, template: str | None) -> None:
+        cls._store(context, task_link(base_url, tes_task_id, template))
+
 
 class TesOutputsLink(_XComLink):
     """Link to the task's outputs folder: the S3 console for ``s3://``, other URLs as they are."""
@@ -41,9 +53,14 @@ class TesOutputsLink(_XComLink):
     name = "TES Outputs"
     xcom_key = TES_OUTPUTS_LINK_KEY
 
+    @classmethod
+    def persist(cls, context: Context, *, outputs_url: str) -> None:
+        cls._store(context, outputs_link(outputs_url))
+
 
 def task_link(base_url: str, task_id: str, template: str | None = None) -> str:
-    """The URL users follow to see a TES task."""
+    """The URL users follow to see a TES task; the id is quoted, as servers choose ids freely."""
+    task_id = quote(task_id, safe="")
     if template:
         # {origin} lets a template point at a dashboard beside the API (Funnel: {origin}/tasks/{task_id}).
         parts = urlsplit(base_url)

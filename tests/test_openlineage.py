@@ -11,18 +11,15 @@ from airflow.providers.common.compat.openlineage.facet import Dataset, ExternalQ
 from airflow.providers.openlineage.extractors import OperatorLineage
 
 import airflow_provider_tes
+from airflow_provider_tes.container import GUEST_COMMAND_PATH, command_executor, standard_outputs
+from airflow_provider_tes.identity import OutputFolder
 from airflow_provider_tes.models import TesFileType, TesInput, TesOutput, TesTask
 from airflow_provider_tes.openlineage import dataset_identifier, lineage_for_task
-from airflow_provider_tes.task_builder import (
-    GUEST_COMMAND_PATH,
-    command_executor,
-    output_directory,
-    standard_outputs,
-)
 
-OUT_DIR = output_directory(
+FOLDER = OutputFolder.new(
     "s3://results/tes/outputs/", "genomics.align-0f3a9c-t1", datetime(2026, 11, 25, 10, 15, tzinfo=UTC)
 )
+OUT_DIR = FOLDER.url
 STAGED_READS = "s3://staging/tes/inputs/file/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
@@ -39,7 +36,7 @@ def _task_body() -> dict[str, Any]:
             TesInput(path=GUEST_COMMAND_PATH, content="bwa mem /data/ref/hg38.fa /data/reads.fq > out.sam\n"),
         ],
         outputs=[
-            *standard_outputs(OUT_DIR),
+            *standard_outputs(FOLDER),
             TesOutput(path="/mnt/task/work/aligned.sam", url="gs://archive/align/aligned.sam"),
         ],
         executors=[

@@ -41,9 +41,10 @@ from airflow_provider_tes.exceptions import (
     TesTaskFailedError,
 )
 from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
-from airflow_provider_tes.task_builder import TaskIdentity
+from airflow_provider_tes.run_state import RunState
 
 pytestmark = pytest.mark.funnel
 
@@ -320,14 +321,14 @@ def test_reattached_task_preempted_is_resubmitted(proxy: TesProxy, direct: TesHo
     command = "sleep 3; echo done > done.txt"
     first = killed_worker(command, run_id, conn_id=PROXIED, preemptible=1)
     op = operator(command, conn_id=PROXIED, preemptible=1)
-    reattach = op._reattach
+    reattach = op.manager.find_running
 
-    def reattach_then_preempt(identity: TaskIdentity) -> dict[str, Any] | None:
+    def reattach_then_preempt(identity: TaskIdentity) -> RunState | None:
         run_state = reattach(identity)
         proxy.rewrite_state(first, "PREEMPTED")  # from now on the reattached task reads PREEMPTED
         return run_state
 
-    op._reattach = reattach_then_preempt  # type: ignore[method-assign]
+    op.manager.find_running = reattach_then_preempt  # type: ignore[method-assign]
     try:
         result = op.execute(context(run_id, try_number=2))
     finally:

@@ -8,14 +8,15 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_provider_tes.events import TesTaskEvent
 from airflow_provider_tes.exceptions import TesConfigurationError, TesError, TesTaskFailedError
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.links import TES_TASK_LINK_KEY, TesTaskLink, task_link
+from airflow_provider_tes.links import TesTaskLink
 from airflow_provider_tes.models import TesState, TesView
-from airflow_provider_tes.triggers.tes import EVENT_DEADLINE, EVENT_TERMINAL, TesTaskTrigger
+from airflow_provider_tes.triggers.tes import TesTaskTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -30,6 +31,9 @@ class TesTaskSensor(BaseSensorOperator):
 
     :param tes_task_id: the TES task id (templated, e.g. ``{{ ti.xcom_pull('submit') }}``).
     :param success_states: terminal states that count as success.
+    :param poll_interval: seconds between polls while deferred (default: the connection's, so
+        sensors and operators of one connection share the triggerer's poller);
+        ``poke_interval`` applies when not deferrable.
     """
 
     template_fields: Sequence[str] = ("tes_task_id",)
@@ -42,7 +46,8 @@ class TesTaskSensor(BaseSensorOperator):
         tes_task_id: str,
         tes_conn_id: str = TesHook.default_conn_name,
         success_states: Iterable[TesState | str] = (TesState.COMPLETE,),
-        deferrable: bool = True,
+        poll_interval: float | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +62,7 @@ class TesTaskSensor(BaseSensorOperator):
                 "TesTaskSensor argument 'success_states' must be terminal TES states "
                 "(COMPLETE, EXECUTOR_ERROR, SYSTEM_ERROR, CANCELED, PREEMPTED)"
             )
+        self.poll_interval = poll_interval
         self.deferrable = deferrable
 
     @cached_property
@@ -73,8 +79,8 @@ class TesTaskSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         tes_id = self._validate_id()
         settings = self.hook.settings
-        context["ti"].xcom_push(
-            key=TES_TASK_LINK_KEY, value=task_link(settings.base_url, tes_id, settings.task_link_template)
+        TesTaskLink.persist(
+            context, base_url=settings.base_url, tes_task_id=tes_id, template=settings.task_link_template
         )
         if not self.deferrable:
             return super().execute(context)
@@ -86,7 +92,7 @@ class TesTaskSensor(BaseSensorOperator):
             trigger=TesTaskTrigger(
                 tes_task_id=tes_id,
                 tes_conn_id=self.tes_conn_id,
-                poll_interval=self.poke_interval,
+                poll_interval=self.poll_interval or settings.poll_interval,
                 deadline=None,
                 started_at=time.time(),
             ),
@@ -105,11 +111,11 @@ class TesTaskSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         tes_id = self._validate_id()
-        if not event or event.get("status") == EVENT_DEADLINE:
-            return self._fail(TesError(f"waiting for TES task {tes_id} ended without a result"))
-        if event.get("status") != EVENT_TERMINAL:
-            return self._fail(TesError(f"waiting for TES task {tes_id} failed: {event.get('message')}"))
-        return self._decide(tes_id, TesState(event["state"]))
+        try:
+            state = TesTaskEvent.from_payload(event).terminal_state()
+        except TesError as err:
+            return self._fail(err)
+        return self._decide(tes_id, state)
 
     def _decide(self, tes_id: str, state: TesState) -> str:
         if state in self.success_states:

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 
 from airflow_provider_tes.exceptions import TesBadRequestError, TesError
 from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.identity import COALESCE_TAG
 from airflow_provider_tes.models import MAX_PAGE_SIZE, TesState, TesView
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = (TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING, TesState.PAUSED)
-#: Every task the operator submits carries this tag (with the DAG id as value).
-COALESCE_TAG = "dag_id"
 
 
 @dataclass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_tes.events import EventStatus, TesTaskEvent
 from airflow_provider_tes.exceptions import (
     TesError,
     TesMalformedResponseError,
@@ -22,11 +24,6 @@ from airflow_provider_tes.triggers.polling import SharedStatusPoller
 #: ends with an error event. Servers restart and proxies hiccup; a task that runs for
 #: hours should not fail because its server was away for a minute.
 DEFAULT_OUTAGE_BUDGET = 600.0
-
-#: Event ``status`` values the operator understands.
-EVENT_TERMINAL = "terminal"
-EVENT_ERROR = "error"
-EVENT_DEADLINE = "deadline"
 
 
 class TesTaskTrigger(BaseTrigger):
@@ -71,15 +68,33 @@ class TesTaskTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, message: str, state: str | None = None, **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {"status": status, "tes_task_id": self.tes_task_id, "state": state, "message": message, **extra}
-        )
+    def _event(
+        self, status: EventStatus, message: str, state: TesState | None = None, error: Exception | None = None
+    ) -> TriggerEvent:
+        return TesTaskEvent(
+            status=status,
+            tes_task_id=self.tes_task_id,
+            message=message,
+            state=state,
+            error_type=type(error).__name__ if error else None,
+        ).to_trigger_event()
+
+    def wait_here(self) -> TesTaskEvent:
+        """Wait in the calling thread (``deferrable=False``), by the same rules as in the triggerer:
+        the outage budget, the deadline and the shared poller all apply."""
+
+        async def first_event() -> TriggerEvent:
+            async with contextlib.aclosing(self.run()) as events:
+                async for event in events:
+                    return event
+            raise TesError(f"the wait for TES task {self.tes_task_id} ended without an event")
+
+        return TesTaskEvent.from_payload(asyncio.run(first_event()).payload)
 
     def _elapsed(self) -> str:
         return f"{time.time() - self.started_at:.1f}s" if self.started_at else "?"
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def run(self) -> AsyncGenerator[TriggerEvent, None]:
         poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval)
         failing_since: float | None = None
         async with poller.watch(self.tes_task_id) as updates:
@@ -96,16 +111,16 @@ class TesTaskTrigger(BaseTrigger):
                 if update.error is not None:
                     err = update.error
                     if not isinstance(err, TesServerUnavailableError | TesMalformedResponseError):
-                        yield self._event(EVENT_ERROR, str(err), error_type=type(err).__name__)
+                        yield self._event(EventStatus.ERROR, str(err), error=err)
                         return
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since >= self.outage_budget:
                         yield self._event(
-                            EVENT_ERROR,
+                            EventStatus.ERROR,
                             f"gave up polling TES task {self.tes_task_id} after {now - failing_since:.0f}s "
                             f"of failures; last: {err}",
-                            error_type=type(err).__name__,
+                            error=err,
                         )
                         return
                     self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
@@ -114,7 +129,7 @@ class TesTaskTrigger(BaseTrigger):
                 state = update.state or TesState.UNKNOWN
                 self.log.info("TES task %s is %s (after %s)", self.tes_task_id, state.value, self._elapsed())
                 if state.is_terminal:
-                    yield self._event(EVENT_TERMINAL, f"TES task ended {state.value}", state=state.value)
+                    yield self._event(EventStatus.TERMINAL, f"TES task ended {state.value}", state=state)
                     return
 
     def _time_left(self) -> float | None:
@@ -127,7 +142,7 @@ class TesTaskTrigger(BaseTrigger):
         except TesError as err:
             message = f"TES task {self.tes_task_id} passed its deadline; canceling it failed: {err}"
         self.log.warning(message)
-        return self._event(EVENT_DEADLINE, message)
+        return self._event(EventStatus.DEADLINE, message)
 
     async def on_kill(self) -> None:
         """A user marked the task failed/success or cleared it: stop the remote work too.

@@ -1,0 +1,88 @@
+"""The layout inside every task's container, following the sprocket WDL engine's TES backend.
+
+Every task looks the same to users and to the code that reads its results::
+
+    /mnt/task/command    the script (inline content, or staged when large)
+    /mnt/task/work       working directory, uploaded as a DIRECTORY output
+    /mnt/task/stdout     the command's stdout, uploaded as a FILE output
+    /mnt/task/stderr     the command's stderr, uploaded as a FILE output
+    /mnt/task/exit_code  the command's exit code, written by the wrapper below
+
+This module is the one home of those paths, of the wrapper that fills them, and of reading
+the exit code back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from airflow_provider_tes.identity import OutputFolder
+from airflow_provider_tes.models import MAX_INLINE_CONTENT_BYTES, TesExecutor, TesFileType, TesOutput
+
+GUEST_COMMAND_PATH = "/mnt/task/command"
+GUEST_WORK_DIR = "/mnt/task/work"
+GUEST_STDOUT_PATH = "/mnt/task/stdout"
+GUEST_STDERR_PATH = "/mnt/task/stderr"
+GUEST_EXIT_CODE_PATH = "/mnt/task/exit_code"
+RESERVED_PATHS = frozenset(
+    {GUEST_COMMAND_PATH, GUEST_WORK_DIR, GUEST_STDOUT_PATH, GUEST_STDERR_PATH, GUEST_EXIT_CODE_PATH}
+)
+
+#: Printed by the wrapper on the executor's own stdout, which servers keep in the task log.
+EXIT_CODE_MARKER = "airflow-provider-tes exit code: "
+
+# The command runs under a small wrapper that keeps its output in the task's files and
+# always exits 0. TES asks servers to upload outputs after a failed executor when
+# `ignore_error` is set, but not all do (Funnel v0.12 stops at EXECUTOR_ERROR and uploads
+# nothing), so the wrapper makes stdout, stderr and the work directory arrive on every
+# server. The real exit code travels in the log marker and in /mnt/task/exit_code.
+_WRAPPER = (
+    f'"$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; '
+    f'echo "$rc" >{GUEST_EXIT_CODE_PATH}; echo "{EXIT_CODE_MARKER}$rc"; exit 0'
+)
+
+
+def script_fits_inline(script: str) -> bool:
+    return len(script.encode()) <= MAX_INLINE_CONTENT_BYTES
+
+
+def standard_outputs(folder: OutputFolder) -> list[TesOutput]:
+    return [
+        TesOutput(path=GUEST_WORK_DIR, url=folder.work, type=TesFileType.DIRECTORY),
+        TesOutput(path=GUEST_STDOUT_PATH, url=folder.stdout, type=TesFileType.FILE),
+        TesOutput(path=GUEST_STDERR_PATH, url=folder.stderr, type=TesFileType.FILE),
+        TesOutput(path=GUEST_EXIT_CODE_PATH, url=folder.exit_code, type=TesFileType.FILE),
+    ]
+
+
+def command_executor(
+    *,
+    image: str,
+    command: str | Sequence[str],
+    shell: str,
+    workdir: str | None,
+    env: Mapping[str, str] | None,
+) -> TesExecutor:
+    """The one executor the operator builds: a script run by ``shell``, or an argv as is,
+    inside the exit-code wrapper (``shell -c WRAPPER airflow-tes ARGV...``)."""
+    inner = [shell, GUEST_COMMAND_PATH] if isinstance(command, str) else list(command)
+    return TesExecutor(
+        image=image,
+        command=[shell, "-c", _WRAPPER, "airflow-tes", *inner],
+        workdir=workdir or GUEST_WORK_DIR,
+        env=dict(env) if env else None,
+        ignore_error=True,
+    )
+
+
+def exit_code_from_file(text: str | None) -> int | None:
+    value = (text or "").strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+def exit_code_from_log(stdout: str | None) -> int | None:
+    """The exit code the wrapper printed, if the server kept the executor's stdout."""
+    for line in reversed((stdout or "").splitlines()):
+        if line.startswith(EXIT_CODE_MARKER):
+            return exit_code_from_file(line[len(EXIT_CODE_MARKER) :])
+    return None

@@ -1,0 +1,285 @@
+"""The lifecycle of the TES task(s) behind one Airflow task instance, owned in one place.
+
+As KubernetesPodOperator leaves its pod to a ``PodManager``, the operator leaves its TES task
+to a :class:`TesTaskManager`: the operator deals with Airflow (context, XCom, links,
+deferral, logs), the manager with TES (submit, find an earlier try's task again, resubmit
+after preemption, read the outcome). Everything the manager decides is recorded in a
+:class:`~airflow_provider_tes.run_state.RunState`, so a wait can resume in another process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow_provider_tes.container import (
+    GUEST_STDOUT_PATH,
+    exit_code_from_file,
+    exit_code_from_log,
+)
+from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
+from airflow_provider_tes.identity import OutputFolder, TaskIdentity
+from airflow_provider_tes.models import TesState, TesTask, TesView
+from airflow_provider_tes.run_state import RunState
+from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
+
+if TYPE_CHECKING:
+    from airflow_provider_tes.hooks.tes import TesHook
+
+#: How much of an executor's stderr/stdout goes into the task log and error messages.
+TAIL_BYTES = 4096
+
+
+class TesTaskManager:
+    """Submits, finds again and reads the TES task(s) of one Airflow task instance.
+
+    :param hook: the TES connection's hook.
+    :param spec: the task asked for (the operator's rendered arguments).
+    :param preemptible: how many resubmissions after PREEMPTED are allowed.
+    :param aws_conn_id: AWS connection for staging and reading outputs (``None``: the TES
+        connection's ``aws_conn_id``, else ``aws_default``).
+    """
+
+    def __init__(
+        self,
+        hook: TesHook,
+        spec: TaskSpec,
+        *,
+        preemptible: int,
+        aws_conn_id: str | None,
+        log: logging.Logger | Any,
+    ) -> None:
+        self.hook = hook
+        self.spec = spec
+        self.preemptible = preemptible
+        self._aws_conn_id = aws_conn_id
+        self.log = log
+        self._plan: TaskPlan | None = None
+        self._template: TaskTemplate | None = None
+        #: The FULL view of the task the outcome was read from (for lineage).
+        self.finished_task: TesTask | None = None
+
+    @property
+    def aws_conn_id(self) -> str:
+        return self._aws_conn_id or self.hook.settings.aws_conn_id or "aws_default"
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def plan(self) -> TaskPlan:
+        """Check every argument (nothing is sent or uploaded before this passes)."""
+        if self._plan is None:
+            settings = self.hook.settings
+            self._plan = self.spec.plan(
+                connection_inputs_url=settings.inputs_url, connection_outputs_url=settings.outputs_url
+            )
+        return self._plan
+
+    def template(self, identity: TaskIdentity, folder: OutputFolder | None = None) -> TaskTemplate:
+        """The task every attempt is sent from: staged inputs and output folder in place.
+
+        ``folder`` keeps the output folder of an earlier attempt (preemption, reattach).
+        """
+        if self._template is None or (folder is not None and folder != self._template.output_folder):
+            plan = self.plan()
+            folder = folder or OutputFolder.new(plan.outputs_url, identity.name(), datetime.now(UTC))
+            staged, staged_script = self._stage(plan)
+            self._template = plan.assemble(staged, folder, staged_script)
+        return self._template
+
+    def _stage(self, plan: TaskPlan) -> tuple[dict[str, Any], str | None]:
+        """Upload local inputs (and an oversized script); returns them by container path."""
+        if not plan.needs_staging:
+            return {}, None
+        from airflow_provider_tes.staging import InputStager
+
+        assert plan.inputs_url is not None
+        stager = InputStager(plan.inputs_url, aws_conn_id=self.aws_conn_id)
+        report = stager.stage([item.local_path for item in plan.local_inputs])
+        self.log.info("Staging: %s", report.summary())
+        by_source = {item.source: item for item in report.staged}
+        staged = {item.container_path: by_source[item.local_path] for item in plan.local_inputs}
+        staged_script = None
+        if plan.stages_script:
+            assert plan.script is not None
+            staged_script = stager.stage_bytes(plan.script.encode()).url
+            self.log.info("Command script is larger than TES inline content allows; staged it")
+        return staged, staged_script
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def start(self, identity: TaskIdentity, deadline: float | None) -> RunState:
+        """Reattach to an earlier try's still-running task, or submit the first attempt."""
+        self.plan()
+        run_state = self.find_running(identity)
+        if run_state is None:
+            template = self.template(identity)
+            run_state = self.submit(
+                RunState(
+                    identity=identity,
+                    attempts=(),
+                    next_attempt=0,
+                    preemptible_left=self.preemptible,
+                    output_folder=template.output_folder,
+                )
+            )
+        return dataclasses.replace(run_state, deadline=deadline)
+
+    def submit(self, run_state: RunState) -> RunState:
+        """Send the next attempt; its name and tags make it findable and unique."""
+        template = self.template(run_state.identity, run_state.output_folder)
+        attempt = run_state.next_attempt
+        preemptible = run_state.preemptible_left > 0
+        request = template.request(run_state.identity, attempt, preemptible=preemptible)
+        tes_id = self.hook.create_task(request)
+        self.log.info(
+            "Submitted TES task %s (%s, attempt %d, preemptible=%s)",
+            tes_id,
+            request.name,
+            attempt + 1,
+            preemptible,
+        )
+        return run_state.submitted(tes_id)
+
+    def find_running(self, identity: TaskIdentity) -> RunState | None:
+        """The still-active TES task of an earlier try of this task instance, if any.
+
+        A worker that died after submitting, or a lost triggerer, leaves the TES task
+        running; a new try must not start a second one. Finished tasks are never reused.
+        """
+        if identity.try_number <= 1:
+            return None
+        candidates = self.hook.list_tasks(name_prefix=identity.instance_prefix, view=TesView.BASIC)
+        for candidate in candidates:
+            submission = identity.submission_of(candidate.tags)
+            if submission is None or not candidate.id:
+                continue
+            if candidate.state is None or not candidate.state.is_active:
+                continue
+            earlier, attempt = submission
+            stdout = next((o.url for o in candidate.outputs or [] if o.path == GUEST_STDOUT_PATH), None)
+            self.log.info(
+                "Reattaching to TES task %s from try %s, still %s",
+                candidate.id,
+                earlier.try_number,
+                candidate.state,
+            )
+            return RunState(
+                identity=earlier,
+                attempts=(candidate.id,),
+                next_attempt=attempt + 1,
+                preemptible_left=max(0, self.preemptible - attempt),
+                output_folder=OutputFolder.of_output(stdout),
+            )
+        return None
+
+    def resubmit_after_preemption(self, run_state: RunState) -> RunState:
+        """Submit again within the preemption budget, or fail saying it is spent."""
+        tes_id = run_state.tes_task_id
+        if run_state.preemptible_left <= 0:
+            raise TesTaskPreemptedError(
+                f"TES task {tes_id} was preempted and the preemption budget is spent "
+                f"({len(run_state.attempts)} attempts, preemptible={self.preemptible}); "
+                "raise 'preemptible' to allow more resubmissions",
+                task_id=tes_id,
+                state=TesState.PREEMPTED.value,
+            )
+        run_state = run_state.after_preemption()
+        self.log.warning(
+            "TES task %s was preempted; resubmitting (%d resubmissions left)",
+            tes_id,
+            run_state.preemptible_left,
+        )
+        return self.submit(run_state)
+
+    def cancel(self, tes_id: str) -> None:
+        self.hook.cancel_task(tes_id)
+
+    # -- the outcome ------------------------------------------------------------------------------
+
+    def result(self, run_state: RunState, state: TesState) -> dict[str, Any]:
+        """The result of a task that ended ``state`` (not PREEMPTED), or the error it ended in."""
+        tes_id = run_state.tes_task_id
+        task = self.hook.get_task(tes_id, view=TesView.FULL)
+        self.finished_task = task
+        log = task.last_log
+        executor_log = log.logs[-1] if log and log.logs else None
+        folder = run_state.output_folder
+        system_logs = "\n".join(log.system_logs or []) if log else ""
+        logged_stdout = executor_log.stdout if executor_log else None
+        exit_code: int | None = None
+        if self.spec.executors is None:
+            # The wrapper's marker (or its exit_code file) holds the command's real exit code;
+            # the command's own output is in the uploaded stdout/stderr objects.
+            exit_code = exit_code_from_log(logged_stdout)
+            if exit_code is None and folder is not None:
+                exit_code = exit_code_from_file(self._read_tail(folder.exit_code))
+            stdout_tail = self._read_tail(folder.stdout) if folder else None
+            stderr_tail = self._read_tail(folder.stderr) if folder else None
+        else:
+            stdout_tail = logged_stdout
+            stderr_tail = executor_log.stderr if executor_log else None
+        if exit_code is None and executor_log is not None:
+            exit_code = executor_log.exit_code
+        if stdout_tail:
+            self.log.info("stdout (tail):\n%s", stdout_tail[-TAIL_BYTES:])
+        if stderr_tail:
+            self.log.info("stderr (tail):\n%s", stderr_tail[-TAIL_BYTES:])
+        if system_logs:
+            self.log.info("TES system logs:\n%s", system_logs)
+        where = f"TES task {tes_id} ({task.name or ''})"
+        if state is TesState.COMPLETE and not exit_code:
+            return self._result(run_state, task, state, exit_code)
+        if state in (TesState.COMPLETE, TesState.EXECUTOR_ERROR):
+            tail = (stderr_tail or "")[-TAIL_BYTES:].strip()
+            raise TesTaskFailedError(
+                f"{where} failed in its executor with exit code {exit_code}"
+                + (f"; stderr (tail):\n{tail}" if tail else "; stderr was empty"),
+                task_id=tes_id,
+                state=TesState.EXECUTOR_ERROR.value,
+            )
+        if state is TesState.SYSTEM_ERROR:
+            raise TesTaskFailedError(
+                f"{where} ended SYSTEM_ERROR: {system_logs or 'the server gave no system logs'}",
+                task_id=tes_id,
+                state=state.value,
+            )
+        raise TesTaskFailedError(f"{where} ended {state.value}", task_id=tes_id, state=state.value)
+
+    @staticmethod
+    def _result(run_state: RunState, task: TesTask, state: TesState, exit_code: int | None) -> dict[str, Any]:
+        folder = run_state.output_folder
+        log = task.last_log
+        return {
+            "tes_task_id": task.id,
+            "state": state.value,
+            "exit_code": exit_code,
+            "attempts": list(run_state.attempts),
+            "outputs_url": folder.url if folder else None,
+            "work_dir_url": f"{folder.work}/" if folder else None,
+            "stdout_url": folder.stdout if folder else None,
+            "stderr_url": folder.stderr if folder else None,
+            "outputs": [
+                {"url": o.url, "path": o.path, "size_bytes": o.size_bytes}
+                for o in (log.outputs if log else [])
+            ],
+        }
+
+    def _read_tail(self, url: str) -> str | None:
+        """The end of an uploaded stdout/stderr object, for servers whose logs omit them."""
+        if urlsplit(url).scheme != "s3":
+            return None
+        try:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            parts = urlsplit(url)
+            client: Any = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
+            body = client.get_object(
+                Bucket=parts.netloc, Key=parts.path.lstrip("/"), Range=f"bytes=-{TAIL_BYTES}"
+            )
+            return str(body["Body"].read().decode("utf-8", "replace"))
+        except Exception as err:  # the tail is a courtesy; its absence must not fail the task
+            self.log.debug("Could not read %s: %s", url, err)
+            return None
