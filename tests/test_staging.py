@@ -21,7 +21,7 @@ import pytest
 # Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
-from airflow_provider_tes import staging
+from airflow_provider_tes import _local_inputs, staging
 from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingError
 from airflow_provider_tes.staging import (
     MANIFEST_FORMAT,
@@ -33,7 +33,6 @@ from airflow_provider_tes.staging import (
 )
 
 BUCKET = "tes-staging"
-CONN_ID = "tes_staging_s3"
 MiB = 1024**2
 
 
@@ -51,19 +50,6 @@ def inputs_url(bucket: str) -> str:
 @pytest.fixture
 def prefix(inputs_url: str) -> str:
     return inputs_url.removeprefix(f"s3://{BUCKET}/")
-
-
-@pytest.fixture
-def aws_conn(moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An Airflow ``aws`` connection to the moto server, from the environment."""
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
-    return CONN_ID
 
 
 @pytest.fixture
@@ -404,7 +390,7 @@ def test_digest_file_is_memoised_until_the_file_changes(
         opened.append(str(file))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr(staging, "open", counting_open, raising=False)
+    monkeypatch.setattr(_local_inputs, "open", counting_open, raising=False)
 
     assert digest_file(str(path)) == sha256(b"first version")
     assert digest_file(str(path)) == sha256(b"first version")
