@@ -19,6 +19,15 @@ to ``file/<d>`` would turn the file into a directory.  Why it is written last: a
 as staged only once its marker exists, so an interrupted upload is finished on the next run, which
 lists the tree once and sends only what is missing.
 
+Why a content address is checked by checksum, not size: an object at ``file/<digest>`` is trusted
+by every later run, so one wrong object (planted, or left by an older version that could upload a
+file changed after hashing) would be served forever.  Every object is written with its SHA-256
+(see :mod:`airflow_provider_tes.storage`, which also refuses bytes that changed since hashing);
+before an upload is skipped the object's SHA-256 must match, and one that does not (or has none,
+like objects staged by earlier versions of this provider) is replaced with a warning.  A complete directory is
+vouched for by its marker alone, whose SHA-256 is the directory's digest: a second run costs one
+HEAD however large the tree.
+
 Empty (sub)directories are recorded in the manifest and so change the digest, but S3 has no
 directories and Funnel does not recreate them; no placeholder keys are written for them (a
 ``dir/`` key would itself be a string-prefix of the keys inside it).
@@ -54,6 +63,7 @@ from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingErr
 from airflow_provider_tes.storage import (
     STORE_SCHEMES,
     ObjectContentMismatchError,
+    ObjectInfo,
     ObjectStore,
     ObjectStoreError,
     object_store_for,
@@ -165,6 +175,18 @@ def _remote(action: str) -> Iterator[None]:
         raise TesStagingError(f"{action}: {exc}; nothing was stored, run the task again") from exc
     except ObjectStoreError as exc:
         raise TesStagingError(f"{action}: {exc}") from exc
+
+
+def _warn_replacing(blob: _Blob, found: ObjectInfo) -> None:
+    """An object at a content address that does not vouch for that content is replaced, loudly."""
+    log.warning(
+        "%s is not the content it is named by (%s, %d bytes; expected sha256 %s, %d bytes): replacing it",
+        blob.url,
+        f"sha256 {found.sha256}" if found.sha256 else "no SHA-256 checksum",
+        found.size,
+        blob.digest,
+        blob.size,
+    )
 
 
 def _gather(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], _T]]) -> list[_T]:
@@ -340,36 +362,45 @@ class InputStager:
         """Objects that may need writing (each with whether to check the bucket first), and whether a
         directory marker is due.
 
-        A single file is checked when it is written; a directory is complete when its marker
-        exists, and otherwise compared with one listing of its tree.
+        A single file is checked when it is written.  A directory is complete when its marker
+        exists with the checksum of the manifest (the directory's digest); otherwise its tree is
+        listed once: missing objects are sent, objects of the wrong size replaced, and the others
+        checked like single files.  An object that is no part of the tree is refused, never deleted.
         """
         if plan.marker is None:
             return [(blob, True) for blob in plan.blobs], False
         with _remote(f"cannot check {plan.marker.url}"):
-            if self._store.exists(plan.marker.url):
-                return [], False
+            marker = self._store.stat(plan.marker.url)
+        if marker is not None and marker.sha256 == plan.digest:
+            return [], False
+        if marker is not None:
+            _warn_replacing(plan.marker, marker)
         with _remote(f"cannot list {plan.url}"):
             remote = self._store.list_sizes(plan.url)
         expected = {blob.url: blob.size for blob in plan.blobs}
-        for url, size in remote.items():
-            if expected.get(url) != size:
+        for url, remote_size in remote.items():
+            if url not in expected:
                 raise TesStagingError(
-                    f"{url} ({size} bytes) is not part of {plan.source!r} as it is now "
-                    f"(expected {expected.get(url, 'no object')}); refusing to overwrite or ignore it"
+                    f"{url} ({remote_size} bytes) is not part of {plan.source!r} as it is now; "
+                    "refusing to overwrite or ignore it"
                 )
-        return [(blob, False) for blob in plan.blobs if blob.url not in remote], True
+        jobs = []
+        for blob in plan.blobs:
+            size = remote.get(blob.url)
+            if size is not None and size != blob.size:
+                _warn_replacing(blob, ObjectInfo(blob.url, size, None))
+            jobs.append((blob, size == blob.size))
+        return jobs, True
 
     def _ensure(self, blob: _Blob) -> int | None:
-        """Write unless an object of the right size is already there; never overwrite another one."""
+        """Write unless the object is there with the right checksum; replace one that is not."""
         with _remote(f"cannot check {blob.url}"):
-            size = self._store.size(blob.url)
-        if size is None:
-            return self._put(blob)
-        if size != blob.size:
-            raise TesStagingError(
-                f"{blob.url} exists with {size} bytes, not {blob.size}; refusing to overwrite it"
-            )
-        return None
+            info = self._store.stat(blob.url)
+        if info is not None and info.sha256 == blob.digest and info.size == blob.size:
+            return None
+        if info is not None:
+            _warn_replacing(blob, info)
+        return self._put(blob)
 
     def _put(self, blob: _Blob) -> int:
         """Send one object; the store refuses file bytes that no longer hash to the digest."""
