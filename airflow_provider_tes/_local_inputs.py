@@ -167,7 +167,11 @@ def _list_directory(real_dir: str, shown_dir: str, allowed_roots: Sequence[str] 
     for item in found:
         shown = os.path.join(shown_dir, _checked_name(item.name, os.path.join(shown_dir, item.name)))
         st = _stat(item.path)
-        real = os.path.realpath(item.path) if item.is_symlink() else os.path.join(real_dir, item.name)
+        if item.is_symlink():
+            check_local_input(shown, allowed_roots=allowed_roots)
+            real = os.path.realpath(item.path)
+        else:
+            real = os.path.join(real_dir, item.name)
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise TesConfigurationError(f"input path {shown!r} is neither a regular file nor a directory")
         entries.append(_Entry(item.name, real, st))
@@ -212,6 +216,7 @@ def local_input(
 ) -> _LocalInput:
     """Validate one input path up front, so a typo or a refused path fails before anything is uploaded."""
     source = os.path.abspath(path)
+    check_local_input(source, allowed_roots=allowed_roots)
     st = _stat(source)
     if stat.S_ISDIR(st.st_mode):
         files, directories = _scan_directory(source, allowed_roots, max_entries)
@@ -241,6 +246,11 @@ def _digest_identity(identity: _FileIdentity) -> str:
         raise TesConfigurationError(f"input file {identity.realpath!r} cannot be read: {exc}") from None
     if _identity(identity.realpath, after) != identity:
         raise TesStagingError(f"input file {identity.realpath!r} changed while it was being hashed")
+    if total != identity.size:
+        raise TesConfigurationError(
+            f"inputs: {identity.realpath!r} reports {identity.size} bytes but {total} were read; "
+            "files whose content does not match their size (such as procfs files) are never staged"
+        )
     return digest.hexdigest()
 
 

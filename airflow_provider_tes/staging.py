@@ -53,6 +53,7 @@ from airflow_provider_tes._local_inputs import (
     _FileIdentity,
     _LocalInput,
     bytes_digest,
+    check_local_input,
     digest_directory,
     digest_file,
     local_input,
@@ -75,6 +76,7 @@ __all__ = [
     "InputStager",
     "StagedInput",
     "StagingReport",
+    "check_local_input",
     "digest_directory",
     "digest_file",
 ]
@@ -207,7 +209,9 @@ class InputStager:
     Uploads run on up to ``max_workers`` threads; ``multipart_threshold`` and
     ``multipart_chunksize`` shape the store's large-file transfers (see
     :class:`~airflow_provider_tes.storage.S3ObjectStore`).  ``client`` replaces the client made
-    from ``aws_conn_id`` (tests and benchmarks share one).
+    from ``aws_conn_id`` (tests and benchmarks share one).  ``allowed_roots``, when given, are the
+    only local directories inputs may come from (see :func:`check_local_input`, which every
+    input passes, with or without them, before anything is uploaded).
     """
 
     def __init__(
@@ -219,12 +223,14 @@ class InputStager:
         multipart_threshold: int = 64 * 1024**2,
         multipart_chunksize: int = 16 * 1024**2,
         client: Any = None,
+        allowed_roots: Sequence[str] | None = None,
     ) -> None:
         self.inputs_url = _parse_inputs_url(inputs_url)
         parts = urlsplit(self.inputs_url)
         self.bucket, self.prefix = parts.netloc, parts.path.lstrip("/")
         self.aws_conn_id = aws_conn_id
         self.max_workers = max_workers
+        self.allowed_roots = None if allowed_roots is None else list(allowed_roots)
         self._store: ObjectStore = object_store_for(
             self.inputs_url,
             aws_conn_id=aws_conn_id,
@@ -239,7 +245,7 @@ class InputStager:
     def stage(self, paths: Sequence[str]) -> StagingReport:
         """Make every path available in the bucket; returns where each one is and what was sent."""
         started = time.perf_counter()
-        inputs = [local_input(path) for path in paths]
+        inputs = [local_input(path, allowed_roots=self.allowed_roots) for path in paths]
         pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tes-staging")
         try:
             # Making the client from the Airflow connection takes 0.1-0.3 s: done while the
