@@ -187,12 +187,20 @@ def _scan_directory(
     listings: dict[tuple[int, int], list[_Entry]] = {}
     files: list[_LocalFile] = []
     directories: list[str] = []
+    count = 0
     stack = [(os.path.realpath(root), "", root_node, frozenset({root_node}))]
     while stack:
         real_dir, rel_dir, node, ancestors = stack.pop()
         listing = listings.get(node)
         if listing is None:
             listing = listings[node] = _list_directory(real_dir, os.path.join(root, rel_dir), allowed_roots)
+        count += len(listing)
+        if count > max_entries:
+            raise TesConfigurationError(
+                f"inputs: directory {root!r} holds more than {max_entries:,} files and directories, "
+                "counting every path through its symlinks (links to shared directories multiply "
+                "them); stage a smaller directory, or raise max_directory_entries"
+            )
         for entry in listing:
             rel = f"{rel_dir}{entry.name}"
             if stat.S_ISDIR(entry.st.st_mode):

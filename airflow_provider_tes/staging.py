@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 from airflow_provider_tes._local_inputs import (
     HASH_ALGORITHM,
     MANIFEST_FORMAT,
+    MAX_DIRECTORY_ENTRIES,
     _digest_identity,
     _FileIdentity,
     _LocalInput,
@@ -73,6 +74,7 @@ from airflow_provider_tes.storage import (
 __all__ = [
     "HASH_ALGORITHM",
     "MANIFEST_FORMAT",
+    "MAX_DIRECTORY_ENTRIES",
     "InputStager",
     "StagedInput",
     "StagingReport",
@@ -211,7 +213,8 @@ class InputStager:
     :class:`~airflow_provider_tes.storage.S3ObjectStore`).  ``client`` replaces the client made
     from ``aws_conn_id`` (tests and benchmarks share one).  ``allowed_roots``, when given, are the
     only local directories inputs may come from (see :func:`check_local_input`, which every
-    input passes, with or without them, before anything is uploaded).
+    input passes, with or without them, before anything is uploaded).  A directory input may
+    hold at most ``max_directory_entries`` files and directories, counted through symlinks.
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class InputStager:
         multipart_chunksize: int = 16 * 1024**2,
         client: Any = None,
         allowed_roots: Sequence[str] | None = None,
+        max_directory_entries: int = MAX_DIRECTORY_ENTRIES,
     ) -> None:
         self.inputs_url = _parse_inputs_url(inputs_url)
         parts = urlsplit(self.inputs_url)
@@ -231,6 +235,7 @@ class InputStager:
         self.aws_conn_id = aws_conn_id
         self.max_workers = max_workers
         self.allowed_roots = None if allowed_roots is None else list(allowed_roots)
+        self.max_directory_entries = max_directory_entries
         self._store: ObjectStore = object_store_for(
             self.inputs_url,
             aws_conn_id=aws_conn_id,
@@ -245,7 +250,10 @@ class InputStager:
     def stage(self, paths: Sequence[str]) -> StagingReport:
         """Make every path available in the bucket; returns where each one is and what was sent."""
         started = time.perf_counter()
-        inputs = [local_input(path, allowed_roots=self.allowed_roots) for path in paths]
+        inputs = [
+            local_input(path, allowed_roots=self.allowed_roots, max_entries=self.max_directory_entries)
+            for path in paths
+        ]
         pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tes-staging")
         try:
             # Making the client from the Airflow connection takes 0.1-0.3 s: done while the

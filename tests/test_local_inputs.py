@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 # Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
+from airflow_provider_tes import _local_inputs
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.staging import InputStager, StagingReport, check_local_input, digest_file
 
@@ -123,3 +126,55 @@ def test_symlinks_out_of_the_allowed_roots_are_refused(tmp_path: Path, moto_stag
     (root / "creds").unlink()
     moto_staging.run([str(root)], allowed_roots=roots)
     assert len(moto_staging.keys()) == 2  # the file and the marker
+
+
+# --------------------------------------------------------------------------- counting trees
+
+
+def fan_out(root: Path, levels: int) -> Path:
+    """``levels`` + 1 directories, each linking twice to the next, one file at the bottom: 2**levels paths."""
+    dirs = [root / f"L{i}" for i in range(levels + 1)]
+    for path in dirs:
+        path.mkdir(parents=True)
+    for upper, lower in itertools.pairwise(dirs):
+        (upper / "a").symlink_to(lower, target_is_directory=True)
+        (upper / "b").symlink_to(lower, target_is_directory=True)
+    write(dirs[-1] / "f.txt", b"x")
+    return dirs[0]
+
+
+def test_a_symlink_fan_out_past_the_limit_fails_clearly(
+    tmp_path: Path, moto_staging: MotoStaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    top = fan_out(tmp_path, 16)  # 17 directories, 1 file: 65,536 file paths and 131,070 directory paths
+    listed: list[str] = []
+    list_directory = _local_inputs._list_directory
+
+    def counting(real_dir: str, *args: Any) -> Any:
+        listed.append(real_dir)
+        return list_directory(real_dir, *args)
+
+    monkeypatch.setattr(_local_inputs, "_list_directory", counting)
+    started = time.monotonic()
+    with pytest.raises(
+        TesConfigurationError, match=r"^inputs: directory .*L0' holds more than 100,000 files"
+    ):
+        moto_staging.run([str(top)])
+
+    assert time.monotonic() - started < 5
+    assert len(listed) == len(set(listed)) <= 17  # each real directory listed once
+    assert moto_staging.keys() == set()
+    assert _local_inputs.MAX_DIRECTORY_ENTRIES == 100_000
+
+
+def test_the_limit_counts_paths_through_symlinks_and_can_be_changed(
+    tmp_path: Path, moto_staging: MotoStaging
+) -> None:
+    top = fan_out(tmp_path, 3)  # 2 + 4 + 8 directory paths, then 8 file paths: 22 entries
+
+    with pytest.raises(TesConfigurationError, match="more than 21 files and directories"):
+        moto_staging.run([str(top)], max_directory_entries=21)
+
+    [item] = moto_staging.run([str(top)], max_directory_entries=22).staged
+    assert item.size_bytes == 8  # the one file, reached through 8 paths
+    assert len(moto_staging.keys()) == 8 + 1  # one object per path, and the marker
