@@ -165,7 +165,8 @@ class _ByteBudget:
 
 
 class _VerifiedStream:
-    """A non-seekable read of ``size`` bytes whose last read fails if they do not hash to ``sha256``.
+    """A non-seekable read of ``size`` bytes whose last read fails unless they are all the file holds
+    and hash to ``sha256``.
 
     Non-seekable, so the transfer reads it once, in order, into the part bodies it sends: the
     hash covers exactly the bytes uploaded, and the failure comes before the last part is handed
@@ -193,15 +194,17 @@ class _VerifiedStream:
         self._left -= len(data)
         self._hash.update(data)
         if not data or self._left == 0:
-            _check_content(self._path, self._hash.hexdigest(), self._expected, short=self._left)
+            grown = len(self._handle.read(1)) if data else 0
+            _check_content(self._path, self._hash.hexdigest(), self._expected, missing=self._left - grown)
         return data
 
 
-def _check_content(path: str, actual: str, expected: str, *, short: int = 0) -> None:
-    if short or actual != expected:
+def _check_content(path: str, actual: str, expected: str, *, missing: int = 0) -> None:
+    """``missing``: bytes expected but not read (negative: read beyond the expected size)."""
+    if missing or actual != expected:
         raise ObjectContentMismatchError(
             f"{path} changed while it was being uploaded: the bytes read "
-            + (f"end {short} bytes early" if short else f"hash to {actual}, not {expected}")
+            + (f"differ in number by {-missing}" if missing else f"hash to {actual}, not {expected}")
         )
 
 
@@ -290,7 +293,7 @@ class S3ObjectStore(ObjectStore):
             with self._memory.hold(size), _calling(f"cannot read {path}"), open(path, "rb") as handle:
                 data = handle.read(size + 1)
             digest = hashlib.sha256(data).digest()
-            _check_content(path, digest.hex(), sha256, short=size - len(data))
+            _check_content(path, digest.hex(), sha256, missing=size - len(data))
             self._put(url, data, digest)
             return
         bucket, key = split_s3_url(url)

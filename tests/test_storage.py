@@ -146,13 +146,14 @@ def test_upload_file_records_the_verified_digest(
 
 
 @pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["one request", "multipart"])
-@pytest.mark.parametrize("change", ["other bytes", "shorter"])
+@pytest.mark.parametrize("change", ["other bytes", "shorter", "longer"])
 def test_upload_file_refuses_bytes_that_do_not_hash_to_the_key(
     tmp_path: Path, base: str, store: S3ObjectStore, s3_client: Any, size: int, change: str
 ) -> None:
     data = os.urandom(size)
     path = tmp_path / "data.bin"
-    path.write_bytes(data[:-1] if change == "shorter" else data[:-1] + bytes([data[-1] ^ 1]))
+    changed = {"other bytes": data[:-1] + bytes([data[-1] ^ 1]), "shorter": data[:-1], "longer": data + b"!"}
+    path.write_bytes(changed[change])
     url = f"{base}file/{sha256(data)}"
 
     with pytest.raises(ObjectContentMismatchError, match="changed while it was being uploaded"):
