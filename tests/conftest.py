@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -59,6 +60,19 @@ def s3_bucket(moto_server: MotoServer) -> str:
 def s3_client(moto_server: MotoServer) -> Any:
     """A boto3 S3 client for ``moto_server``."""
     return moto_server.client("s3")
+
+
+@pytest.fixture
+def aws_conn(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Id of an Airflow ``aws`` connection to ``moto_server``, set in the environment."""
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_TES_TEST_S3", json.dumps(conn))
+    return "tes_test_s3"
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import builtins
 import collections
+import functools
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -21,7 +23,7 @@ import pytest
 # Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
-from airflow_provider_tes import staging
+from airflow_provider_tes import _local_inputs, staging, storage
 from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingError
 from airflow_provider_tes.staging import (
     MANIFEST_FORMAT,
@@ -33,7 +35,6 @@ from airflow_provider_tes.staging import (
 )
 
 BUCKET = "tes-staging"
-CONN_ID = "tes_staging_s3"
 MiB = 1024**2
 
 
@@ -51,19 +52,6 @@ def inputs_url(bucket: str) -> str:
 @pytest.fixture
 def prefix(inputs_url: str) -> str:
     return inputs_url.removeprefix(f"s3://{BUCKET}/")
-
-
-@pytest.fixture
-def aws_conn(moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An Airflow ``aws`` connection to the moto server, from the environment."""
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
-    return CONN_ID
 
 
 @pytest.fixture
@@ -170,16 +158,36 @@ def test_large_file_is_uploaded_multipart(
     assert read(s3_client, key) == data
 
 
-def test_existing_object_with_another_size_is_not_overwritten(
-    tmp_path: Path, prefix: str, stager: Callable[..., InputStager], s3_client: Any
+@pytest.mark.parametrize(
+    "planted",
+    [b"something else", b"fake content", "fake content with its own checksum"],
+    ids=["other size", "same size, no checksum", "same size, its own checksum"],
+)
+def test_object_planted_at_a_digest_key_is_detected_and_replaced(
+    tmp_path: Path,
+    prefix: str,
+    stager: Callable[..., InputStager],
+    s3_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    planted: bytes | str,
 ) -> None:
     path = write(tmp_path / "x", b"real content")
     key = f"{prefix}file/{sha256(b'real content')}"
-    s3_client.put_object(Bucket=BUCKET, Key=key, Body=b"something else")
+    if isinstance(planted, bytes):
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=planted)
+    else:
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=b"fake content", ChecksumAlgorithm="SHA256")
 
-    with pytest.raises(TesStagingError, match="refusing to overwrite"):
-        stager().stage([str(path)])
-    assert read(s3_client, key) == b"something else"
+    with caplog.at_level(logging.WARNING, logger=staging.__name__):
+        [item] = stager().stage([str(path)]).staged
+
+    assert (item.uploaded_bytes, item.skipped) == (len(b"real content"), False)
+    assert read(s3_client, key) == b"real content"
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert key in warning.getMessage()
+    assert "replacing it" in warning.getMessage()
+    # Replaced with a checksum: the next run trusts it.
+    assert stager().stage([str(path)]).staged[0].skipped
 
 
 def test_stage_bytes_uses_the_file_layout(
@@ -276,8 +284,9 @@ def test_interrupted_directory_upload_is_completed(
     assert (item.uploaded_bytes, item.skipped) == (len(b"\x00\x01" * 5000), False)
     assert read(s3_client, lost) == b"\x00\x01" * 5000
     assert sha256(read(s3_client, marker)) == first.digest
-    # One HEAD for the marker, one listing of the tree, and only the missing object plus the marker sent.
-    assert operations == {"HeadObject": 1, "ListObjectsV2": 1, "PutObject": 2}
+    # One HEAD for the marker, one listing of the tree, one HEAD per object still there (its checksum
+    # is checked, see test_planted_tree_object_is_replaced), and only the missing object plus the marker sent.
+    assert operations == {"HeadObject": 1 + 3, "ListObjectsV2": 1, "PutObject": 2}
 
 
 def test_identical_directories_in_one_run_are_written_once(
@@ -302,6 +311,61 @@ def test_directory_with_a_foreign_object_is_refused(
     with pytest.raises(TesStagingError, match=r"stray\.txt"):
         stager().stage([str(tree)])
     assert f"{prefix}manifests/{digest}.json" not in keys(s3_client, prefix)
+
+
+def test_planted_tree_object_is_replaced(
+    tree: Path,
+    prefix: str,
+    stager: Callable[..., InputStager],
+    s3_client: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    digest, _ = digest_directory(str(tree))
+    planted = f"{prefix}directory/{digest}/genome.fa"
+    s3_client.put_object(Bucket=BUCKET, Key=planted, Body=b">chr1\nTTTT\n")  # same size, other bytes
+
+    with caplog.at_level(logging.WARNING, logger=staging.__name__):
+        [item] = stager().stage([str(tree)]).staged
+
+    assert read(s3_client, planted) == b">chr1\nACGT\n"
+    assert item.uploaded_bytes == item.size_bytes  # the planted object was sent again
+    assert [planted in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [True]
+
+
+def test_marker_without_checksum_makes_the_tree_be_checked_again(
+    tree: Path,
+    prefix: str,
+    stager: Callable[..., InputStager],
+    s3_client: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As an earlier version left it: the tree and the marker, with no SHA-256 on any of them, and one
+    # tree object with other bytes of the same size.
+    digest, entries = digest_directory(str(tree))
+    for rel, _, _ in entries:
+        body = b"\x00\x02" * 5000 if rel == "idx/genome.bwt" else (tree / rel).read_bytes()
+        s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}directory/{digest}/{rel}", Body=body)
+    [item] = stager().stage([str(tree)]).staged  # writes the right marker: undo that below
+    manifest_bytes = read(s3_client, f"{prefix}manifests/{digest}.json")
+    s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}manifests/{digest}.json", Body=manifest_bytes)
+    for rel, _, _ in entries:
+        key = f"{prefix}directory/{digest}/{rel}"
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=read(s3_client, key))
+    s3_client.put_object(
+        Bucket=BUCKET, Key=f"{prefix}directory/{digest}/idx/genome.bwt", Body=b"\x00\x02" * 5000
+    )
+
+    with caplog.at_level(logging.WARNING, logger=staging.__name__):
+        [again] = stager().stage([str(tree)]).staged
+
+    assert read(s3_client, f"{prefix}directory/{digest}/idx/genome.bwt") == b"\x00\x01" * 5000
+    assert again.uploaded_bytes == again.size_bytes  # no object vouched for itself, all were replaced
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"manifests/{digest}.json" in warned
+    assert f"directory/{digest}/idx/genome.bwt" in warned
+    # Now every object carries its checksum: the next run is one HEAD again.
+    assert stager().stage([str(tree)]).staged[0].skipped
+    assert item.digest == digest
 
 
 def test_empty_directories_are_valid_and_change_the_digest(
@@ -362,6 +426,103 @@ def test_prefix_conflicting_names_are_warned_about(
     assert "'ref.fa' and 'ref.fa.fai'" in caplog.text
 
 
+# --------------------------------------------------------------------------- integrity
+
+
+def no_partial_uploads(s3_client: Any, prefix: str) -> bool:
+    return not s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 12 * MiB], ids=["one request", "multipart"])
+def test_file_changed_between_hashing_and_upload_leaves_no_object(
+    tmp_path: Path,
+    prefix: str,
+    stager: Callable[..., InputStager],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    path = write(tmp_path / "reads.bin", os.urandom(size))
+    hash_file = staging._digest_identity
+
+    def hash_then_change(identity: Any) -> str:
+        digest = hash_file(identity)
+        with open(path, "r+b") as handle:
+            handle.write(b"EVIL!")  # same size, after the digest was taken
+        return digest
+
+    monkeypatch.setattr(staging, "_digest_identity", hash_then_change)
+    monkeypatch.setattr(hash_then_change, "cache_clear", hash_file.cache_clear, raising=False)
+    make = functools.partial(stager, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+
+    with pytest.raises(TesStagingError, match="changed while it was being uploaded"):
+        make().stage([str(path)])
+    assert keys(s3_client, prefix) == set()
+    assert no_partial_uploads(s3_client, prefix)
+
+    # The next run stages the file as it is now, under the digest of those bytes.
+    monkeypatch.setattr(staging, "_digest_identity", hash_file)
+    [item] = make().stage([str(path)]).staged
+    assert item.digest == sha256(path.read_bytes())
+    assert read(s3_client, f"{prefix}file/{item.digest}") == path.read_bytes()
+
+
+def test_file_changed_during_a_multipart_upload_leaves_no_object(
+    tmp_path: Path,
+    prefix: str,
+    stager: Callable[..., InputStager],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write(tmp_path / "reads.bin", os.urandom(12 * MiB))
+    read_part = storage._VerifiedStream.read
+    changed: list[int] = []
+
+    def read_then_change(self: Any, amount: int = -1) -> bytes:
+        data = read_part(self, amount)
+        if not changed:  # after the first part was read, before the last one is
+            with open(path, "r+b") as handle:
+                handle.seek(-5, os.SEEK_END)
+                handle.write(b"EVIL!")
+            changed.append(len(data))
+        return data
+
+    monkeypatch.setattr(storage._VerifiedStream, "read", read_then_change)
+    with pytest.raises(TesStagingError, match="changed while it was being uploaded"):
+        stager(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB).stage([str(path)])
+
+    assert changed == [5 * MiB]
+    assert keys(s3_client, prefix) == set()
+    assert no_partial_uploads(s3_client, prefix)
+
+
+def test_write_through_a_shared_mmap_that_keeps_the_metadata_is_caught(
+    tmp_path: Path, prefix: str, stager: Callable[..., InputStager], s3_client: Any
+) -> None:
+    path = write(tmp_path / "reads.bin", b"A" * 65536)
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), 65536) as shared:
+        shared[0:5] = b"HELLO"  # the first write makes the page dirty (and may update mtime)
+        before = os.stat(path)
+        hashed = digest_file(str(path))  # remembered for this size/mtime/ctime/inode
+        shared[0:5] = b"EVIL!"  # an already-dirty page: no fault, so no metadata change
+        after = os.stat(path)
+        assert (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino) == (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+            after.st_ino,
+        )
+
+        with pytest.raises(TesStagingError, match="changed while it was being uploaded"):
+            stager().stage([str(path)])
+        assert keys(s3_client, prefix) == set()
+
+    # The remembered digest was dropped: the next run hashes what the file holds now.
+    [item] = stager().stage([str(path)]).staged
+    assert item.digest == sha256(path.read_bytes()) != hashed
+    assert read(s3_client, f"{prefix}file/{item.digest}") == path.read_bytes()
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -404,7 +565,7 @@ def test_digest_file_is_memoised_until_the_file_changes(
         opened.append(str(file))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr(staging, "open", counting_open, raising=False)
+    monkeypatch.setattr(_local_inputs, "open", counting_open, raising=False)
 
     assert digest_file(str(path)) == sha256(b"first version")
     assert digest_file(str(path)) == sha256(b"first version")
