@@ -18,16 +18,18 @@ from urllib.parse import unquote, urlsplit
 
 import pydantic
 
+from airflow_provider_tes._local_inputs import check_local_input
 from airflow_provider_tes.container import RESERVED_PATHS
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.models import TesFileType, TesInput, TesOutput, TesResources
+from airflow_provider_tes.storage import STORE_SCHEMES
 
 #: URL schemes a TES server may fetch inputs from; anything else must be a local path.
 REMOTE_INPUT_SCHEMES = frozenset({"s3", "gs", "http", "https", "ftp", "drs", "az", "abfs"})
 #: URL schemes TES servers write outputs to (http(s) uploads are not part of TES practice).
 OUTPUT_SCHEMES = frozenset({"s3", "gs", "ftp", "az", "abfs", "file"})
-#: Where ``inputs_url`` may point: staging goes through the amazon provider's S3Hook.
-STAGING_SCHEMES = frozenset({"s3"})
+#: Where ``inputs_url`` may point: what the object store can write to.
+STAGING_SCHEMES = STORE_SCHEMES
 
 GIB_IN_GB = 1024**3 / 1000**3
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -111,8 +113,14 @@ def validate_base_url(argument: str, url: Any, schemes: frozenset[str], *, conne
     return url if url.endswith("/") else url + "/"
 
 
-def plan_inputs(inputs: Mapping[str, Any] | None) -> tuple[list[TesInput], list[LocalInput]]:
-    """Sort inputs into pass-through TES inputs and local files/directories to stage."""
+def plan_inputs(
+    inputs: Mapping[str, Any] | None, *, allowed_local_roots: Sequence[str] | None = None
+) -> tuple[list[TesInput], list[LocalInput]]:
+    """Sort inputs into pass-through TES inputs and local files/directories to stage.
+
+    A local path is checked here, before anything is uploaded: system files are never staged,
+    and with ``allowed_local_roots`` nothing outside those directories is.
+    """
     remote: list[TesInput] = []
     local: list[LocalInput] = []
     if inputs is None:
@@ -159,6 +167,7 @@ def plan_inputs(inputs: Mapping[str, Any] | None) -> tuple[list[TesInput], list[
                 raise argument_error(
                     "inputs", f"local source {text!r} for {path!r} does not exist on this worker"
                 )
+            check_local_input(text, allowed_roots=allowed_local_roots)
             local.append(LocalInput(path.rstrip("/") or "/", text, os.path.isdir(text)))
     return remote, local
 

@@ -13,17 +13,17 @@ import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from airflow_provider_tes.container import (
     GUEST_STDOUT_PATH,
     exit_code_from_file,
     exit_code_from_log,
 )
-from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
+from airflow_provider_tes.exceptions import TesConfigurationError, TesTaskFailedError, TesTaskPreemptedError
 from airflow_provider_tes.identity import OutputFolder, TaskIdentity
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.run_state import RunState
+from airflow_provider_tes.storage import ObjectStoreError, object_store_for, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class TesTaskManager:
 
     @property
     def aws_conn_id(self) -> str:
-        return self._aws_conn_id or self.hook.settings.aws_conn_id or "aws_default"
+        return resolve_aws_conn_id(self._aws_conn_id, self.hook.settings.aws_conn_id)
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -96,7 +96,9 @@ class TesTaskManager:
         from airflow_provider_tes.staging import InputStager
 
         assert plan.inputs_url is not None
-        stager = InputStager(plan.inputs_url, aws_conn_id=self.aws_conn_id)
+        stager = InputStager(
+            plan.inputs_url, aws_conn_id=self.aws_conn_id, allowed_roots=plan.allowed_local_roots
+        )
         report = stager.stage([item.local_path for item in plan.local_inputs])
         self.log.info("Staging: %s", report.summary())
         by_source = {item.source: item for item in report.staged}
@@ -269,17 +271,10 @@ class TesTaskManager:
 
     def _read_tail(self, url: str) -> str | None:
         """The end of an uploaded stdout/stderr object, for servers whose logs omit them."""
-        if urlsplit(url).scheme != "s3":
-            return None
         try:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-            parts = urlsplit(url)
-            client: Any = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
-            body = client.get_object(
-                Bucket=parts.netloc, Key=parts.path.lstrip("/"), Range=f"bytes=-{TAIL_BYTES}"
-            )
-            return str(body["Body"].read().decode("utf-8", "replace"))
-        except Exception as err:  # the tail is a courtesy; its absence must not fail the task
+            store = object_store_for(url, aws_conn_id=self.aws_conn_id)
+            return store.read_tail(url, TAIL_BYTES).decode("utf-8", "replace")
+        except (ObjectStoreError, TesConfigurationError) as err:
+            # The tail is a courtesy; its absence must not fail the task.
             self.log.debug("Could not read %s: %s", url, err)
             return None

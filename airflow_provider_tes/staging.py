@@ -210,7 +210,7 @@ class InputStager:
 
     Uploads run on up to ``max_workers`` threads; ``multipart_threshold`` and
     ``multipart_chunksize`` shape the store's large-file transfers (see
-    :class:`~airflow_provider_tes.storage.S3ObjectStore`).  ``client`` replaces the client made
+    :class:`~airflow_provider_tes._s3.S3ObjectStore`).  ``client`` replaces the client made
     from ``aws_conn_id`` (tests and benchmarks share one).  ``allowed_roots``, when given, are the
     only local directories inputs may come from (see :func:`check_local_input`, which every
     input passes, with or without them, before anything is uploaded).  A directory input may

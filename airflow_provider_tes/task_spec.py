@@ -58,6 +58,7 @@ class TaskSpec:
     volumes: Any = None
     tags: Any = None
     executors: Any = None
+    allowed_local_roots: Any = None
     description: str | None = None
 
     def check_unrendered(self) -> None:
@@ -74,7 +75,13 @@ class TaskSpec:
         for volume in self.volumes or []:
             args.validate_container_path("volumes", volume)
 
-    def plan(self, *, connection_inputs_url: str | None, connection_outputs_url: str | None) -> TaskPlan:
+    def plan(
+        self,
+        *,
+        connection_inputs_url: str | None,
+        connection_outputs_url: str | None,
+        connection_allowed_local_roots: Sequence[str] | None = None,
+    ) -> TaskPlan:
         """Every check on the rendered arguments; runs before anything is uploaded or sent."""
         self.check_unrendered()
         executors: tuple[TesExecutor, ...] = ()
@@ -91,7 +98,10 @@ class TaskSpec:
         if self.workdir is not None:
             args.validate_container_path("workdir", self.workdir)
         tags = args.validate_tags(self.tags)
-        remote, local = args.plan_inputs(self.inputs)
+        allowed_roots = self.allowed_local_roots
+        if allowed_roots is None:
+            allowed_roots = connection_allowed_local_roots
+        remote, local = args.plan_inputs(self.inputs, allowed_local_roots=allowed_roots)
         outputs = args.plan_outputs(self.outputs)
         args.check_unique_paths(remote, local, outputs)
         script = command if isinstance(command, str) else None
@@ -132,6 +142,7 @@ class TaskSpec:
             resources=resources,
             volumes=tuple(sorted({*(self.volumes or []), *args.disk_volumes(self.disk_gb)})),
             tags=tags,
+            allowed_local_roots=allowed_roots,
         )
 
 
@@ -153,6 +164,7 @@ class TaskPlan:
     resources: TesResources
     volumes: tuple[str, ...]
     tags: dict[str, str] = field(default_factory=dict)
+    allowed_local_roots: Sequence[str] | None = None
 
     @property
     def stages_script(self) -> bool:

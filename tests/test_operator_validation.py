@@ -128,6 +128,16 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown connection", {"tes_conn_id": "no_such_conn"}, "AIRFLOW_CONN_NO_SUCH_CONN"),
     ("non-TES connection", {"tes_conn_id": "not_tes"}, "type 'tes'"),
     ("negative poll interval", {"poll_interval": -1}, "'poll_interval'"),
+    (
+        "procfs input",
+        {"inputs": {"/data/x": "/proc/self/environ"}},
+        "inputs: local path '/proc/self/environ'",
+    ),
+    (
+        "input outside allow-list",
+        {"inputs": {"/data/x": "/etc/hostname"}, "allowed_local_roots": ["/srv"]},
+        "outside",
+    ),
 ]
 
 

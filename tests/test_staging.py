@@ -23,7 +23,7 @@ import pytest
 # Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
-from airflow_provider_tes import _local_inputs, staging, storage
+from airflow_provider_tes import _local_inputs, _s3, staging
 from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingError
 from airflow_provider_tes.staging import (
     MANIFEST_FORMAT,
@@ -475,7 +475,7 @@ def test_file_changed_during_a_multipart_upload_leaves_no_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = write(tmp_path / "reads.bin", os.urandom(12 * MiB))
-    read_part = storage._VerifiedStream.read
+    read_part = _s3._VerifiedStream.read
     changed: list[int] = []
 
     def read_then_change(self: Any, amount: int = -1) -> bytes:
@@ -487,7 +487,7 @@ def test_file_changed_during_a_multipart_upload_leaves_no_object(
             changed.append(len(data))
         return data
 
-    monkeypatch.setattr(storage._VerifiedStream, "read", read_then_change)
+    monkeypatch.setattr(_s3._VerifiedStream, "read", read_then_change)
     with pytest.raises(TesStagingError, match="changed while it was being uploaded"):
         stager(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB).stage([str(path)])
 

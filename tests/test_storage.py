@@ -14,6 +14,7 @@ import pytest
 # Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
+from airflow_provider_tes._s3 import S3ObjectStore
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.storage import (
     DEFAULT_AWS_CONN_ID,
@@ -22,7 +23,6 @@ from airflow_provider_tes.storage import (
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStoreError,
-    S3ObjectStore,
     object_store_for,
     resolve_aws_conn_id,
 )

@@ -96,6 +96,7 @@ class TesTaskOperator(BaseOperator):
         executors: Sequence[TesExecutor | Mapping[str, Any]] | None = None,
         tes_conn_id: str = TesHook.default_conn_name,
         aws_conn_id: str | None = None,
+        allowed_local_roots: Sequence[str] | None = None,
         poll_interval: float | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
@@ -123,6 +124,7 @@ class TesTaskOperator(BaseOperator):
         self.executors = executors
         self.tes_conn_id = tes_conn_id
         self.aws_conn_id = aws_conn_id
+        self.allowed_local_roots = allowed_local_roots
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self.tes_task_id: str | None = None
@@ -164,6 +166,7 @@ class TesTaskOperator(BaseOperator):
             volumes=self.volumes,
             tags=self.tags,
             executors=self.executors,
+            allowed_local_roots=self.allowed_local_roots,
             description=f"Airflow task {self.dag_id}.{self.task_id}",
         )
 
