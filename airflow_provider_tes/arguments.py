@@ -21,7 +21,7 @@ import pydantic
 from airflow_provider_tes._local_inputs import check_local_input
 from airflow_provider_tes.container import RESERVED_PATHS
 from airflow_provider_tes.exceptions import TesConfigurationError
-from airflow_provider_tes.models import TesFileType, TesInput, TesOutput, TesResources
+from airflow_provider_tes.models import TesFileType, TesInput, TesOutput
 from airflow_provider_tes.storage import STORE_SCHEMES
 
 #: URL schemes a TES server may fetch inputs from; anything else must be a local path.
@@ -280,38 +280,6 @@ def disk_volumes(disk_gb: Any) -> list[str]:
     if isinstance(disk_gb, Mapping):
         return sorted(m for m in disk_gb if m != "/")
     return []
-
-
-def build_resources(
-    *,
-    cpu_cores: Any,
-    ram_gb: Any,
-    disk_gb: Any,
-    zones: Sequence[str] | None,
-    backend_parameters: Mapping[str, Any] | None,
-    backend_parameters_strict: bool | None,
-) -> TesResources:
-    """Resources without ``preemptible``, which each attempt states for itself."""
-    cpu = validate_number("cpu_cores", cpu_cores)
-    ram = validate_number("ram_gb", ram_gb)
-    disk = total_disk_gb(disk_gb)
-    if zones is not None and (isinstance(zones, str) or not all(isinstance(z, str) and z for z in zones)):
-        raise argument_error("zones", f"must be a list of zone names, got {zones!r}")
-    if backend_parameters is not None and not isinstance(backend_parameters, Mapping):
-        raise argument_error(
-            "backend_parameters", f"must be a mapping of str -> str, got {backend_parameters!r}"
-        )
-    resources = TesResources(
-        cpu_cores=math.ceil(cpu) if cpu is not None else None,
-        ram_gb=ram,
-        disk_gb=disk,
-        zones=list(zones) if zones else None,
-        backend_parameters={str(k): str(v) for k, v in backend_parameters.items()}
-        if backend_parameters
-        else None,
-        backend_parameters_strict=backend_parameters_strict,
-    )
-    return resources
 
 
 def validate_command(command: Any) -> str | list[str]:

@@ -33,8 +33,8 @@ class TesTaskEvent:
 
     status: EventStatus
     tes_task_id: str
-    message: str
     state: TesState | None = None
+    message: str = ""
     error_type: str | None = None
 
     def to_trigger_event(self) -> TriggerEvent:

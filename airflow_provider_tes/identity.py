@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ COALESCE_TAG = "dag_id"
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _INSTANCE_KEYS = ("dag_id", "task_id", "run_id", "map_index")
+_FOLDER_ENTRIES = ("work", "stdout", "stderr", "exit_code")
 
 
 @dataclass(frozen=True)
@@ -120,26 +121,18 @@ class OutputFolder:
     """
 
     url: str
+    work: str = field(init=False, repr=False, compare=False)
+    stdout: str = field(init=False, repr=False, compare=False)
+    stderr: str = field(init=False, repr=False, compare=False)
+    exit_code: str = field(init=False, repr=False, compare=False)
 
     @classmethod
     def new(cls, outputs_url: str, name: str, when: datetime) -> OutputFolder:
         return cls(f"{outputs_url.rstrip('/')}/{name}-{when.strftime('%Y%m%d-%H%M%S')}/")
 
-    @property
-    def work(self) -> str:
-        return self.url + "work"
-
-    @property
-    def stdout(self) -> str:
-        return self.url + "stdout"
-
-    @property
-    def stderr(self) -> str:
-        return self.url + "stderr"
-
-    @property
-    def exit_code(self) -> str:
-        return self.url + "exit_code"
+    def __post_init__(self) -> None:
+        for entry in _FOLDER_ENTRIES:  # the URL of each standard output, e.g. folder.stdout
+            object.__setattr__(self, entry, self.url + entry)
 
     @classmethod
     def of_output(cls, stdout_url: str | None) -> OutputFolder | None:

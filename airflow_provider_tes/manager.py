@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,38 +34,31 @@ if TYPE_CHECKING:
 TAIL_BYTES = 4096
 
 
+@dataclass
 class TesTaskManager:
     """Submits, finds again and reads the TES task(s) of one Airflow task instance.
 
     :param hook: the TES connection's hook.
     :param spec: the task asked for (the operator's rendered arguments).
     :param preemptible: how many resubmissions after PREEMPTED are allowed.
-    :param aws_conn_id: AWS connection for staging and reading outputs (``None``: the TES
-        connection's ``aws_conn_id``, else ``aws_default``).
+    :param explicit_aws_conn_id: AWS connection for staging and reading outputs (``None``:
+        the TES connection's ``aws_conn_id``, else ``aws_default``).
+    :param log: where progress is logged (the operator's task log).
     """
 
-    def __init__(
-        self,
-        hook: TesHook,
-        spec: TaskSpec,
-        *,
-        preemptible: int,
-        aws_conn_id: str | None,
-        log: logging.Logger | Any,
-    ) -> None:
-        self.hook = hook
-        self.spec = spec
-        self.preemptible = preemptible
-        self._aws_conn_id = aws_conn_id
-        self.log = log
-        self._plan: TaskPlan | None = None
-        self._template: TaskTemplate | None = None
-        #: The FULL view of the task the outcome was read from (for lineage).
-        self.finished_task: TesTask | None = None
+    hook: TesHook
+    spec: TaskSpec
+    preemptible: int
+    explicit_aws_conn_id: str | None
+    log: logging.Logger | Any
+    _plan: TaskPlan | None = field(default=None, init=False)
+    _template: TaskTemplate | None = field(default=None, init=False)
+    #: The FULL view of the task the outcome was read from (for lineage).
+    finished_task: TesTask | None = field(default=None, init=False)
 
     @property
     def aws_conn_id(self) -> str:
-        return resolve_aws_conn_id(self._aws_conn_id, self.hook.settings.aws_conn_id)
+        return resolve_aws_conn_id(self.explicit_aws_conn_id, self.hook.settings.aws_conn_id)
 
     # -- building ---------------------------------------------------------------------------------
 

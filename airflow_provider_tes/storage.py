@@ -41,7 +41,6 @@ SHA256_METADATA_KEY = "sha256"
 IN_MEMORY_UPLOAD_BUDGET = 128 * 1024**2
 
 
-
 class ObjectStoreError(TesError):
     """A call to object storage failed: unreachable, refused, or the object cannot be read."""
 

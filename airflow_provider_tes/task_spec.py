@@ -14,8 +14,9 @@ which is the only step that talks to the outside. The command runs in the layout
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tes import arguments as args
@@ -40,26 +41,32 @@ class TaskSpec:
     no wrapper and no standard outputs, only what the executors and ``outputs`` say.
     """
 
-    image: Any = None
-    command: Any = None
-    inputs: Any = None
-    outputs: Any = None
-    inputs_url: Any = None
-    outputs_url: Any = None
-    env: Any = None
-    workdir: Any = None
-    shell: Any = "/bin/sh"
-    cpu_cores: Any = None
-    ram_gb: Any = None
-    disk_gb: Any = None
-    zones: Any = None
-    backend_parameters: Any = None
-    backend_parameters_strict: Any = None
-    volumes: Any = None
-    tags: Any = None
-    executors: Any = None
-    allowed_local_roots: Any = None
+    image: str | None = None
+    command: str | Sequence[str] | None = None
+    inputs: Mapping[str, Any] | None = None
+    outputs: Mapping[str, Any] | Sequence[Any] | None = None
+    inputs_url: str | None = None
+    outputs_url: str | None = None
+    env: Mapping[str, Any] | None = None
+    workdir: str | None = None
+    shell: str = "/bin/sh"
+    cpu_cores: float | None = None
+    ram_gb: float | None = None
+    disk_gb: float | Mapping[str, float] | None = None
+    zones: Sequence[str] | None = None
+    backend_parameters: Mapping[str, Any] | None = None
+    backend_parameters_strict: bool | None = None
+    volumes: Sequence[str] | None = None
+    tags: Mapping[str, str] | None = None
+    executors: Sequence[TesExecutor | Mapping[str, Any]] | None = None
+    allowed_local_roots: Sequence[str] | None = None
     description: str | None = None
+
+    @classmethod
+    def of(cls, arguments: object, **overrides: Any) -> TaskSpec:
+        """The spec of an object whose attributes carry these names (the operator, once rendered)."""
+        names = {f.name for f in fields(cls)} - overrides.keys()
+        return cls(**{name: getattr(arguments, name) for name in names}, **overrides)
 
     def check_unrendered(self) -> None:
         """The checks that need no template rendering: run when the DAG is parsed."""
@@ -119,14 +126,7 @@ class TaskSpec:
             args.OUTPUT_SCHEMES,
             connection_field="outputs_url",
         )
-        resources = args.build_resources(
-            cpu_cores=self.cpu_cores,
-            ram_gb=self.ram_gb,
-            disk_gb=self.disk_gb,
-            zones=self.zones,
-            backend_parameters=self.backend_parameters,
-            backend_parameters_strict=self.backend_parameters_strict,
-        )
+        resources = self._resources()
         return TaskPlan(
             spec=self,
             image=image,
@@ -143,6 +143,25 @@ class TaskSpec:
             volumes=tuple(sorted({*(self.volumes or []), *args.disk_volumes(self.disk_gb)})),
             tags=tags,
             allowed_local_roots=allowed_roots,
+        )
+
+    def _resources(self) -> TesResources:
+        """Resources without ``preemptible``, which each attempt states for itself."""
+        cpu = args.validate_number("cpu_cores", self.cpu_cores)
+        zones, parameters = self.zones, self.backend_parameters
+        if zones is not None and (isinstance(zones, str) or not all(isinstance(z, str) and z for z in zones)):
+            raise args.argument_error("zones", f"must be a list of zone names, got {zones!r}")
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise args.argument_error(
+                "backend_parameters", f"must be a mapping of str -> str, got {parameters!r}"
+            )
+        return TesResources(
+            cpu_cores=math.ceil(cpu) if cpu is not None else None,
+            ram_gb=args.validate_number("ram_gb", self.ram_gb),
+            disk_gb=args.total_disk_gb(self.disk_gb),
+            zones=list(zones) if zones else None,
+            backend_parameters={str(k): str(v) for k, v in parameters.items()} if parameters else None,
+            backend_parameters_strict=self.backend_parameters_strict,
         )
 
 

@@ -24,10 +24,10 @@ from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.links import TesOutputsLink, TesTaskLink
 from airflow_provider_tes.manager import TesTaskManager
-from airflow_provider_tes.models import TesExecutor, TesState, TesView
+from airflow_provider_tes.models import TesExecutor, TesState
 from airflow_provider_tes.run_state import RUN_STATE_KEY, RunState
 from airflow_provider_tes.task_spec import TaskSpec
-from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from airflow_provider_tes.waiting import TesWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 DEADLINE_GRACE = timedelta(minutes=2)
 
 
-class TesTaskOperator(BaseOperator):
+class TesTaskOperator(TesWaitMixin, BaseOperator):
     """Run a container on a GA4GH TES server (Funnel, TESK, Azure TES) and wait for it.
 
     The command runs as ``<shell> /mnt/task/command`` in ``/mnt/task/work`` when it is a
@@ -136,39 +136,18 @@ class TesTaskOperator(BaseOperator):
             raise argument_error("tes_conn_id", "must name an Airflow connection of type 'tes'")
 
     @cached_property
-    def hook(self) -> TesHook:
-        return TesHook(self.tes_conn_id)
-
-    @cached_property
     def manager(self) -> TesTaskManager:
         return TesTaskManager(
-            self.hook, self._spec(), preemptible=self.preemptible, aws_conn_id=self.aws_conn_id, log=self.log
+            hook=self.hook,
+            spec=self._spec(),
+            preemptible=self.preemptible,
+            explicit_aws_conn_id=self.aws_conn_id,
+            log=self.log,
         )
 
     def _spec(self) -> TaskSpec:
         """The task as the (rendered) arguments ask for it."""
-        return TaskSpec(
-            image=self.image,
-            command=self.command,
-            inputs=self.inputs,
-            outputs=self.outputs,
-            inputs_url=self.inputs_url,
-            outputs_url=self.outputs_url,
-            env=self.env,
-            workdir=self.workdir,
-            shell=self.shell,
-            cpu_cores=self.cpu_cores,
-            ram_gb=self.ram_gb,
-            disk_gb=self.disk_gb,
-            zones=self.zones,
-            backend_parameters=self.backend_parameters,
-            backend_parameters_strict=self.backend_parameters_strict,
-            volumes=self.volumes,
-            tags=self.tags,
-            executors=self.executors,
-            allowed_local_roots=self.allowed_local_roots,
-            description=f"Airflow task {self.dag_id}.{self.task_id}",
-        )
+        return TaskSpec.of(self, description=f"Airflow task {self.dag_id}.{self.task_id}")
 
     # -- execute ----------------------------------------------------------------------------------
 
@@ -181,31 +160,19 @@ class TesTaskOperator(BaseOperator):
 
     def _publish(self, context: Context, run_state: RunState) -> None:
         """Store the id and links before deferring, so the UI shows them while the task runs."""
-        settings = self.hook.settings
         self.tes_task_id = run_state.tes_task_id
         context["ti"].xcom_push(key="tes_task_id", value=self.tes_task_id)
-        TesTaskLink.persist(
-            context,
-            base_url=settings.base_url,
-            tes_task_id=self.tes_task_id,
-            template=settings.task_link_template,
-        )
+        self.publish_task_link(context, self.tes_task_id)
         if run_state.output_folder:
             TesOutputsLink.persist(context, outputs_url=run_state.output_folder.url)
 
     # -- waiting ------------------------------------------------------------------------------------
 
     def _wait(self, context: Context, run_state: RunState) -> Any:
-        state = self.hook.get_task(run_state.tes_task_id, view=TesView.MINIMAL).state or TesState.UNKNOWN
+        state = self.current_state(run_state.tes_task_id)
         if state.is_terminal:
             return self._finish(context, run_state, state)
-        trigger = TesTaskTrigger(
-            tes_task_id=run_state.tes_task_id,
-            tes_conn_id=self.tes_conn_id,
-            poll_interval=self.poll_interval or self.hook.settings.poll_interval,
-            deadline=run_state.deadline,
-            started_at=time.time(),
-        )
+        trigger = self.trigger_for(run_state.tes_task_id, deadline=run_state.deadline)
         if not self.deferrable:
             return self._finish(context, run_state, trigger.wait_here().terminal_state())
         timeout = None

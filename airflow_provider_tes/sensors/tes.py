@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, conf
@@ -15,14 +13,14 @@ from airflow_provider_tes.events import TesTaskEvent
 from airflow_provider_tes.exceptions import TesConfigurationError, TesError, TesTaskFailedError
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.links import TesTaskLink
-from airflow_provider_tes.models import TesState, TesView
-from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from airflow_provider_tes.models import TesState
+from airflow_provider_tes.waiting import TesWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class TesTaskSensor(BaseSensorOperator):
+class TesTaskSensor(TesWaitMixin, BaseSensorOperator):
     """Succeeds when a TES task reaches one of ``success_states`` (default COMPLETE).
 
     Any other terminal state fails the sensor (or skips it with ``soft_fail``). Deferrable by
@@ -51,8 +49,6 @@ class TesTaskSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.tes_task_id = tes_task_id
-        self.tes_conn_id = tes_conn_id
         try:
             self.success_states = frozenset(TesState(s) for s in success_states)
         except ValueError as err:
@@ -62,12 +58,10 @@ class TesTaskSensor(BaseSensorOperator):
                 "TesTaskSensor argument 'success_states' must be terminal TES states "
                 "(COMPLETE, EXECUTOR_ERROR, SYSTEM_ERROR, CANCELED, PREEMPTED)"
             )
+        self.tes_task_id = tes_task_id
+        self.tes_conn_id = tes_conn_id
         self.poll_interval = poll_interval
         self.deferrable = deferrable
-
-    @cached_property
-    def hook(self) -> TesHook:
-        return TesHook(self.tes_conn_id)
 
     def _validate_id(self) -> str:
         if not isinstance(self.tes_task_id, str) or not self.tes_task_id.strip():
@@ -78,31 +72,21 @@ class TesTaskSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         tes_id = self._validate_id()
-        settings = self.hook.settings
-        TesTaskLink.persist(
-            context, base_url=settings.base_url, tes_task_id=tes_id, template=settings.task_link_template
-        )
+        self.publish_task_link(context, tes_id)
         if not self.deferrable:
             return super().execute(context)
-        state = self.hook.get_task(tes_id, view=TesView.MINIMAL).state or TesState.UNKNOWN
+        state = self.current_state(tes_id)
         if state.is_terminal:
             return self._decide(tes_id, state)
-        deadline = time.time() + self.timeout if self.timeout else None
         self.defer(
-            trigger=TesTaskTrigger(
-                tes_task_id=tes_id,
-                tes_conn_id=self.tes_conn_id,
-                poll_interval=self.poll_interval or settings.poll_interval,
-                deadline=None,
-                started_at=time.time(),
-            ),
+            trigger=self.trigger_for(tes_id, deadline=None),
             method_name="execute_complete",
-            timeout=timedelta(seconds=max(0.0, deadline - time.time())) if deadline else None,
+            timeout=timedelta(seconds=self.timeout) if self.timeout else None,
         )
 
     def poke(self, context: Context) -> bool:
         tes_id = self._validate_id()
-        state = self.hook.get_task(tes_id, view=TesView.MINIMAL).state or TesState.UNKNOWN
+        state = self.current_state(tes_id)
         self.log.info("TES task %s is %s", tes_id, state.value)
         if not state.is_terminal:
             return False
