@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spec import AsyncSpecCheckingTransport, SpecCheckingTransport, validate_response
 
+from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
     TesAmbiguousCreateError,
     TesAuthError,
@@ -39,7 +40,7 @@ from airflow_provider_tes.exceptions import (
     TesNotFoundError,
     TesServerUnavailableError,
 )
-from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesInput, TesState, TesTask, TesView
 
 CONN_ID = "tes_unit"
@@ -890,7 +891,7 @@ def test_settings_from_connection_object_repr() -> None:
     from airflow.sdk import Connection
 
     conn = Connection(conn_id="c", conn_type="tes", host="tes.test", login=USER, password=PASSWORD)
-    settings = TesConnectionSettings.from_connection(conn)
+    settings = TesConnection.from_airflow(conn)
     assert settings.secret == PASSWORD
     assert settings.auth_type == "basic"
     assert_no_secret(repr(settings), str(settings), settings.describe_credential())

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
     TesConfigurationError,
     TesDeadlineExceededError,
@@ -18,7 +19,7 @@ from airflow_provider_tes.exceptions import (
     TesTaskFailedError,
     TesTaskPreemptedError,
 )
-from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.links import (
     TES_OUTPUTS_LINK_KEY,
     TES_TASK_LINK_KEY,
@@ -211,7 +212,7 @@ class TesTaskOperator(BaseOperator):
         )
 
     def _submit_first(
-        self, identity: TaskIdentity, settings: TesConnectionSettings, deadline: float | None
+        self, identity: TaskIdentity, settings: TesConnection, deadline: float | None
     ) -> dict[str, Any]:
         task, out_dir = self._build_task(settings, identity)
         run_state = {
@@ -225,7 +226,7 @@ class TesTaskOperator(BaseOperator):
         return run_state
 
     def _build_task(
-        self, settings: TesConnectionSettings, identity: TaskIdentity, out_dir: str | None = None
+        self, settings: TesConnection, identity: TaskIdentity, out_dir: str | None = None
     ) -> tuple[TesTask, str]:
         """Validate, stage and assemble the task; ``out_dir`` keeps an earlier output folder."""
         plan, outputs_url = self._validate(settings)
@@ -233,7 +234,7 @@ class TesTaskOperator(BaseOperator):
         staged = self._stage(plan, settings)
         return self._assemble(plan, staged, out_dir), out_dir
 
-    def _validate(self, settings: TesConnectionSettings) -> tuple[TaskPlan, str]:
+    def _validate(self, settings: TesConnection) -> tuple[TaskPlan, str]:
         """Every check on rendered arguments; runs before anything is uploaded or sent."""
         if self.executors is None:
             self.image = validate_image(self.image)
@@ -280,7 +281,7 @@ class TesTaskOperator(BaseOperator):
             backend_parameters_strict=self.backend_parameters_strict,
         )
 
-    def _stage(self, plan: TaskPlan, settings: TesConnectionSettings) -> dict[str, StagedInput]:
+    def _stage(self, plan: TaskPlan, settings: TesConnection) -> dict[str, StagedInput]:
         """Upload local inputs (and an oversized script); returns them by container path."""
         large_script = plan.script is not None and not script_fits_inline(plan.script)
         if not plan.local_inputs and not large_script:

@@ -1,0 +1,119 @@
+"""The TES 1.1 calls as typed :class:`~airflow_provider_tes.hooks._http.Request` values.
+
+Built here once for the hook's sync and async twins: paths, query parameters, which calls are
+safe to resend, and the paging rules of ListTasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from airflow_provider_tes.connection import TesConnection
+from airflow_provider_tes.exceptions import TesConfigurationError, TesMalformedResponseError
+from airflow_provider_tes.hooks._http import Params, Request
+from airflow_provider_tes.models import (
+    MAX_PAGE_SIZE,
+    TesCancelTaskResponse,
+    TesCreateTaskResponse,
+    TesListTasksResponse,
+    TesServiceInfo,
+    TesState,
+    TesTask,
+    TesView,
+)
+
+
+def service_info() -> Request[TesServiceInfo]:
+    return Request("GET", "service-info", TesServiceInfo)
+
+
+def get_task(task_id: str, view: TesView | str) -> Request[TesTask]:
+    return Request("GET", _task_path(task_id), TesTask, params=(("view", _enum(TesView, view, "view")),))
+
+
+def cancel_task(task_id: str) -> Request[TesCancelTaskResponse]:
+    # Canceling twice is harmless, so the cancel call is retried like a read.
+    return Request("POST", _task_path(task_id, ":cancel"), TesCancelTaskResponse, body={})
+
+
+def create_task(task: TesTask) -> Request[TesCreateTaskResponse]:
+    # Not idempotent: a resend may make a second task (see TesHook.create_task).
+    return Request("POST", "tasks", TesCreateTaskResponse, body=task.to_request(), idempotent=False)
+
+
+def list_params(
+    name_prefix: str | None,
+    state: TesState | str | None,
+    tags: Mapping[str, str] | None,
+    view: TesView | str,
+    page_size: int | None,
+) -> Params:
+    """The query of a ListTasks call, without its page token."""
+    if page_size is not None and not 0 < page_size < MAX_PAGE_SIZE:
+        raise TesConfigurationError(f"page_size must be between 1 and {MAX_PAGE_SIZE - 1}, got {page_size}")
+    params: list[tuple[str, str]] = [("view", _enum(TesView, view, "view"))]
+    if name_prefix:
+        params.append(("name_prefix", name_prefix))
+    if state:
+        params.append(("state", _enum(TesState, state, "state")))
+    for key, value in (tags or {}).items():
+        params.append(("tag_key", key))
+        params.append(("tag_value", value))
+    if page_size:
+        params.append(("page_size", str(page_size)))
+    return tuple(params)
+
+
+@dataclass
+class Pager:
+    """Where a listing is: the request for the next page, and when to stop.
+
+    The listing ends on an empty token or an empty page. A token seen before would page
+    forever, so it is a malformed answer.
+    """
+
+    params: Params
+    conn: TesConnection
+    token: str | None = None
+    seen_tokens: set[str] = field(default_factory=set)
+
+    def request(self) -> Request[TesListTasksResponse]:
+        params = (*self.params, ("page_token", self.token)) if self.token else self.params
+        return Request("GET", "tasks", TesListTasksResponse, params=params)
+
+    def advance(self, page: TesListTasksResponse, req: Request[Any]) -> bool:
+        """Take ``page``'s token; whether there is a next page."""
+        token = page.next_page_token
+        if not token or not page.tasks:
+            return False
+        if token in self.seen_tokens:
+            raise req.error(
+                TesMalformedResponseError,
+                f"{req.where(self.conn)}: the server repeated page token {token!r}",
+                self.conn,
+            )
+        self.seen_tokens.add(token)
+        self.token = token
+        return True
+
+
+def has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:
+    have = task.tags or {}
+    return all(have.get(k) == v for k, v in (tags or {}).items())
+
+
+def _task_path(task_id: str, suffix: str = "") -> str:
+    if not task_id:
+        raise TesConfigurationError("task_id must be a non-empty TES task id")
+    return f"tasks/{quote(task_id, safe='')}{suffix}"
+
+
+def _enum(kind: type[TesView] | type[TesState], value: Any, argument: str) -> str:
+    try:
+        return str(kind(value).value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise TesConfigurationError(f"{argument} must be one of {choices}, got {value!r}") from None
