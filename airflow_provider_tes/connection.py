@@ -247,35 +247,38 @@ class TesConnection(BaseModel):
             )
         extras = TesConnectionExtras.read(conn.extra_dejson or {}, conn_id)
         base_url = _base_url(conn, extras)
-        token = extras.token
+        token = _credential(extras.token, "extra 'token'", conn_id)
+        login = _credential(conn.login, "login", conn_id)
+        password = _credential(conn.password, "password", conn_id)
         auth_type = extras.auth_type
         if auth_type == "auto":
-            auth_type = "bearer" if token else ("basic" if conn.login else "none")
+            auth_type = "bearer" if token else ("basic" if login else "none")
         secret: str | None = None
         if auth_type == "basic":
-            if not conn.login:
+            if not login:
                 raise _error(f"connection {conn_id!r}: basic auth needs a login (username)")
-            secret = conn.password or ""
+            secret = password or ""
         elif auth_type == "bearer":
-            secret = token or conn.password
+            secret = token or password
             if not secret:
                 raise _error(
                     f"connection {conn_id!r}: bearer auth needs a token (extra 'token' or the password field)"
                 )
         elif auth_type == "oauth2":
-            if not (extras.token_url and conn.login and conn.password):
+            if not (extras.token_url and login and password):
                 raise _error(
                     f"connection {conn_id!r}: oauth2 needs extra 'token_url', the client id as login "
                     "and the client secret as password"
                 )
-            secret = conn.password
+            _check_url(extras.token_url, "extra 'token_url'", conn_id)
+            secret = password
         if secret:
             mask(secret)
         return cls(
             conn_id=conn_id,
             base_url=base_url,
             auth_type=auth_type,
-            login=conn.login if auth_type in ("basic", "oauth2") else None,
+            login=login if auth_type in ("basic", "oauth2") else None,
             secret=secret,
             timeout=extras.timeout,
             retries=extras.retries,
@@ -334,6 +337,35 @@ class TesConnection(BaseModel):
         return f"connection {self.conn_id!r}, which sends no credentials (set a login/password or token)"
 
 
+def _credential(value: str | None, field: str, conn_id: str) -> str | None:
+    """A login, password or token as pasted, normalised: surrounding whitespace dropped.
+
+    ``cat token.txt`` leaves a newline that h11 refuses to send, and its error quotes the
+    header. A control character inside the value is refused; the message names the field,
+    never the value.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise _error(
+            f"connection {conn_id!r}: the {field} contains control characters (a line break or tab?); "
+            "paste it again without them"
+        )
+    return value or None
+
+
+def _check_url(url: str, field: str, conn_id: str) -> None:
+    """An http(s) URL that parses; the error names the field, never the text (it may hold a password)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _error(f"connection {conn_id!r}: the {field} is not a valid URL (check its port)") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise _error(f"connection {conn_id!r}: the {field} must be an absolute http(s) URL")
+
+
 def _base_url(conn: Any, extras: TesConnectionExtras) -> str:
     host = (conn.host or "").strip()
     if not host:
@@ -343,13 +375,21 @@ def _base_url(conn: Any, extras: TesConnectionExtras) -> str:
         )
     if "://" not in host:
         host = f"{extras.protocol or 'https'}://{host}"
-    parts = urlsplit(host)
+    try:
+        parts = urlsplit(host)
+        url_port = parts.port
+    except ValueError:
+        # The text after ':' may be the start of a password (https://user:pa/ss@host).
+        raise _error(
+            f"connection {conn.conn_id!r}: the host is not a valid URL (check its port; "
+            "credentials belong in login/password, not in the host)"
+        ) from None
     if parts.scheme not in {"http", "https"}:
         raise _error(f"connection {conn.conn_id!r}: the TES URL must be http or https, got {parts.scheme!r}")
     netloc = parts.hostname or ""
     if ":" in netloc:  # IPv6 literal
         netloc = f"[{netloc}]"
-    port = parts.port or conn.port
+    port = url_port or conn.port
     if port:
         netloc = f"{netloc}:{port}"
     path = parts.path.rstrip("/")

@@ -147,3 +147,65 @@ def test_frozen_and_secret_not_in_repr() -> None:
 )
 def test_verify(extra: dict[str, Any], expected: bool | str) -> None:
     assert TesConnection.from_airflow(_conn(extra)).verify == expected
+
+
+# -- credentials as pasted ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "attribute", "expected"),
+    [
+        ({"extra": {"token": "tok-123456\n"}}, "secret", "tok-123456"),
+        ({"password": "  tok-123456\r\n", "extra": {"auth_type": "bearer"}}, "secret", "tok-123456"),
+        ({"login": " alice\n", "password": "pw-123456 \n"}, "secret", "pw-123456"),
+        ({"login": " alice\n", "password": "pw-123456"}, "login", "alice"),
+    ],
+)
+def test_credentials_are_stripped(kw: dict[str, Any], attribute: str, expected: str) -> None:
+    extra = kw.pop("extra", {})
+    assert getattr(TesConnection.from_airflow(_conn(extra, **kw)), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("kw", "field", "pieces"),
+    [
+        ({"extra": {"token": "tok-12\n3456"}}, "extra 'token'", ["tok-12", "3456"]),
+        ({"login": "alice", "password": "pw-12\x003456"}, "password", ["pw-12", "3456"]),
+        ({"login": "al\tice", "password": "pw-123456"}, "login", ["ice", "pw-123456"]),
+    ],
+)
+def test_control_characters_are_refused_without_echo(
+    kw: dict[str, Any], field: str, pieces: list[str]
+) -> None:
+    extra = kw.pop("extra", {})
+    with pytest.raises(TesConfigurationError, match=f"the {field} contains control characters") as info:
+        TesConnection.from_airflow(_conn(extra, **kw))
+    assert not [piece for piece in pieces if piece in str(info.value)]
+
+
+# -- URLs in messages ------------------------------------------------------------------------------
+
+
+def test_malformed_host_names_the_field_not_its_content() -> None:
+    with pytest.raises(TesConfigurationError, match="host is not a valid URL") as info:
+        TesConnection.from_airflow(_conn(host="https://alice:pa/ss@tes.example.org"))
+    assert "pa" not in str(info.value).replace("password", "").replace("port", "")
+    assert "alice" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "token_url", ["https://u:idp-pass@idp.example.org:x/token", "ftp://u:idp-pass@idp.example.org/token"]
+)
+def test_malformed_token_url_names_the_field(token_url: str) -> None:
+    extra = {"auth_type": "oauth2", "token_url": token_url}
+    with pytest.raises(TesConfigurationError, match="extra 'token_url'") as info:
+        TesConnection.from_airflow(_conn(extra, login="client", password="pw-123456"))
+    assert "idp-pass" not in str(info.value)
+
+
+def test_token_url_shown_without_userinfo_or_query() -> None:
+    extra = {"auth_type": "oauth2", "token_url": "https://u:idp-pass@idp.example.org/token?client_secret=xyz"}
+    conn = TesConnection.from_airflow(_conn(extra, login="client", password="pw-123456"))
+    text = conn.describe_credential()
+    assert "https://idp.example.org/token" in text
+    assert "idp-pass" not in text and "xyz" not in text
