@@ -412,11 +412,24 @@ def test_retries_from_connection_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_task_id_is_quoted(basic_conn: None) -> None:
-    h = Harness(scripted(respond("tesTask", task_doc("a/b c"))))
-    h.hook.get_task("a/b c", view=TesView.FULL)
-    assert h.requests[0].url.raw_path == b"/ga4gh/tes/v1/tasks/a%2Fb%20c?view=FULL"
+    h = Harness(scripted(respond("tesTask", task_doc("a?b c#d"))))
+    h.hook.get_task("a?b c#d", view=TesView.FULL)
+    assert h.requests[0].url.raw_path == b"/ga4gh/tes/v1/tasks/a%3Fb%20c%23d?view=FULL"
     with pytest.raises(TesConfigurationError):
         h.hook.get_task("")
+
+
+@pytest.mark.parametrize("task_id", ["", ".", "..", "a/b", "/", "../tasks"])
+async def test_task_ids_that_address_other_paths_are_refused(basic_conn: None, task_id: str) -> None:
+    h = Harness(scripted(respond("tesTask", task_doc("t1"))))
+    for call in (h.hook.get_task, h.hook.cancel_task):
+        with pytest.raises(TesConfigurationError, match="task_id"):
+            call(task_id)
+    with pytest.raises(TesConfigurationError, match="task_id"):
+        await h.hook.a_get_task(task_id)
+    with pytest.raises(TesConfigurationError, match="task_id"):
+        await h.hook.a_cancel_task(task_id)
+    assert h.requests == []
 
 
 def test_cancel(basic_conn: None) -> None:

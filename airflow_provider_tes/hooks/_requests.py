@@ -106,8 +106,15 @@ def has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:
 
 
 def _task_path(task_id: str, suffix: str = "") -> str:
-    if not task_id:
-        raise TesConfigurationError("task_id must be a non-empty TES task id")
+    """``tasks/{id}``, for an id that cannot address anything but one task.
+
+    ``.`` and ``..`` survive quoting and are resolved as dot segments (``get_task('.')`` would
+    call ListTasks); a quoted ``/`` is decoded back by many gateways. Neither is a TES id.
+    """
+    if not task_id or task_id in (".", "..") or "/" in task_id:
+        raise TesConfigurationError(
+            f"task_id must be a TES task id (non-empty, not '.' or '..', no '/'), got {task_id!r}"
+        )
     return f"tasks/{quote(task_id, safe='')}{suffix}"
 
 
