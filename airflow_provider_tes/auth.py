@@ -31,7 +31,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -92,6 +92,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         token's lifetime).
     :param client_auth: ``client_secret_basic`` (HTTP Basic, RFC 6749 2.3.1, the default) or
         ``client_secret_post`` (``client_id``/``client_secret`` form fields).
+    :param on_token: called with each access token as it is issued (the hook's scrubber
+        learns it there).
     """
 
     # The request body is read up front so a request can be resent after a 401.
@@ -107,6 +109,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         audience: str | None = None,
         leeway: float = DEFAULT_LEEWAY,
         client_auth: ClientAuthMethod = "client_secret_basic",
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         token_url = (token_url or "").strip()
         parts = urlsplit(token_url)
@@ -140,6 +143,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._client_auth: ClientAuthMethod = client_auth
         self._token: _Token | None = None
         self._lock = threading.Lock()
+        self._on_token = on_token
         mask(client_secret)
 
     # -- read-only view ---------------------------------------------------------------------------
@@ -299,6 +303,8 @@ class OAuth2ClientCredentials(httpx.Auth):
                     **error_kwargs,
                 )
             mask(value)
+            if self._on_token is not None:
+                self._on_token(value)
             assert isinstance(data, dict)
             lifetime = _lifetime(data.get("expires_in"))
             if lifetime is None:

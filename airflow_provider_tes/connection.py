@@ -304,8 +304,11 @@ class TesConnection(BaseModel):
             return False
         return self.verify
 
-    def httpx_auth(self) -> httpx.Auth | None:
-        """The httpx auth of this connection's credential (``None`` for auth type none)."""
+    def httpx_auth(self, on_token: Callable[[str], None] | None = None) -> httpx.Auth | None:
+        """The httpx auth of this connection's credential (``None`` for auth type none).
+
+        ``on_token`` is told each OAuth2 access token as it is issued.
+        """
         import httpx
 
         from airflow_provider_tes.auth import BearerToken, OAuth2ClientCredentials
@@ -320,6 +323,7 @@ class TesConnection(BaseModel):
                 client_id=self.login or "",
                 client_secret=self.secret or "",
                 scope=self.scope,
+                on_token=on_token,
             )
         return None
 

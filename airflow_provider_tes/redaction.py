@@ -8,7 +8,9 @@ and credentials are registered with the masker (:func:`mask`) as soon as they ar
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import base64
+import json
+from urllib.parse import quote, urlsplit, urlunsplit
 
 
 def mask(secret: str) -> None:
@@ -38,3 +40,34 @@ def display_url(url: str) -> str:
     if port:
         netloc = f"{netloc}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class Scrubber:
+    """Replaces every known secret in a text with ``***``: the last filter before a message leaves.
+
+    The hook feeds it the connection's credential and each OAuth2 access token as it is issued;
+    every error message and retry warning of the request path passes through it. It also knows
+    the forms a secret takes in transit (URL-quoted, JSON- or repr-escaped, inside a Basic
+    header), which the Airflow masker, matching the literal value only, misses.
+    """
+
+    #: Shorter values are not replaced: they would blank out ordinary words.
+    MIN_LENGTH = 4
+
+    def __init__(self) -> None:
+        self._needles: set[str] = set()
+
+    def add(self, secret: str | None, *, login: str | None = None) -> None:
+        """Know ``secret`` (and, with ``login``, its HTTP Basic form) from now on."""
+        if not secret or len(secret) < self.MIN_LENGTH:
+            return
+        forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1], repr(secret)[1:-1]}
+        if login is not None:
+            forms.add(base64.b64encode(f"{login}:{secret}".encode()).decode("ascii"))
+        self._needles |= forms
+
+    def __call__(self, text: str) -> str:
+        for needle in sorted(self._needles, key=len, reverse=True):
+            if needle in text:
+                text = text.replace(needle, "***")
+        return text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -101,11 +102,14 @@ class _Log(Protocol):
     def warning(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def retry_policy(retries: int, min_wait: float, max_wait: float, log: _Log) -> dict[str, Any]:
+def retry_policy(
+    retries: int, min_wait: float, max_wait: float, log: _Log, scrub: Callable[[str], str]
+) -> dict[str, Any]:
     """Keyword arguments of ``tenacity.Retrying``/``AsyncRetrying`` for one request.
 
     Retries :class:`Retryable` failures only, waits the backoff or the server's Retry-After
     (capped at ``max_wait``), and reraises the last :class:`Retryable` when tries run out.
+    The warning before each retry passes ``scrub``.
     """
     wait_backoff = backoff(min_wait, max_wait)
 
@@ -120,7 +124,7 @@ def retry_policy(retries: int, min_wait: float, max_wait: float, log: _Log) -> d
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
             "TES request failed (%s); retry %d of %d in %.1fs",
-            exc,
+            scrub(str(exc)),
             state.attempt_number,
             retries,
             state.next_action.sleep if state.next_action else 0.0,
@@ -135,18 +139,55 @@ def retry_policy(retries: int, min_wait: float, max_wait: float, log: _Log) -> d
     }
 
 
+#: What a transport failure means, by type. httpx's own text is not used: h11 quotes the header
+#: it refuses (``Illegal header value b'Bearer ...'``), so it may carry a credential.
+_TRANSPORT_SUMMARIES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.ConnectTimeout, "no connection within the timeout"),
+    (httpx.PoolTimeout, "no free connection within the timeout"),
+    (httpx.ReadTimeout, "no answer within the timeout"),
+    (httpx.WriteTimeout, "the request could not be sent within the timeout"),
+    (httpx.ConnectError, "could not connect"),
+    (httpx.ProxyError, "the proxy refused the request"),
+    (httpx.UnsupportedProtocol, "the URL's scheme is not supported"),
+    (httpx.LocalProtocolError, "httpx refused to send the request (an invalid header or body)"),
+    (httpx.RemoteProtocolError, "the server broke the HTTP protocol or closed the connection"),
+    (httpx.ReadError, "the connection broke while the answer was read"),
+    (httpx.WriteError, "the connection broke while the request was sent"),
+    (httpx.DecodingError, "the answer's content encoding could not be decoded"),
+)
+
+
+def describe_transport_failure(err: httpx.HTTPError) -> str:
+    """``Type: safe summary`` of a transport error; never the error's own text (see above).
+
+    A connect error keeps its text (refused, unknown host, certificate problems): no request
+    header exists before the connection does.
+    """
+    kind = type(err).__name__
+    summary = next((text for cls, text in _TRANSPORT_SUMMARIES if isinstance(err, cls)), "transport error")
+    if isinstance(err, httpx.ConnectError) and str(err):
+        summary = f"{summary}: {str(err)[:300]}"
+    return f"{kind}: {summary}"
+
+
 def transport_failure(req: Request[Any], err: httpx.HTTPError, conn: TesConnection) -> Exception:
     """What a transport error means: retry, or an ambiguous create (the body may have arrived)."""
-    kind = type(err).__name__
+    what = describe_transport_failure(err)
     if isinstance(err, NOT_SENT) or req.idempotent:
-        return Retryable(
-            req.error(TesServerUnavailableError, f"{req.where(conn)} failed: {kind}: {err}", conn)
-        )
+        return Retryable(req.error(TesServerUnavailableError, f"{req.where(conn)} failed: {what}", conn))
     return req.error(
         TesAmbiguousCreateError,
-        f"{req.where(conn)} failed after the request may have reached the server ({kind}: {err})",
+        f"{req.where(conn)} failed after the request may have reached the server ({what})",
         conn,
     )
+
+
+def scrubbed(err: E, scrub: Callable[[str], str]) -> E:
+    """``err`` with its message and URL passed through ``scrub`` (a new error of the same type)."""
+    message = scrub(str(err))
+    if message == str(err) and scrub(err.url) == err.url:
+        return err
+    return type(err)(message, method=err.method, url=scrub(err.url), status_code=err.http_status)
 
 
 def interpret(req: Request[M], response: httpx.Response, conn: TesConnection) -> M:

@@ -28,6 +28,7 @@ from airflow_provider_tes.exceptions import (
     TesBadRequestError,
     TesConfigurationError,
     TesError,
+    TesRequestError,
 )
 from airflow_provider_tes.hooks import _requests
 from airflow_provider_tes.hooks._http import (
@@ -37,9 +38,11 @@ from airflow_provider_tes.hooks._http import (
     backoff,
     interpret,
     retry_policy,
+    scrubbed,
     transport_failure,
 )
 from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesView
+from airflow_provider_tes.redaction import Scrubber
 
 
 class TesHook(BaseHook):
@@ -92,6 +95,8 @@ class TesHook(BaseHook):
         self._async_client: httpx.AsyncClient | None = None
         self._async_gate: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
+        #: Knows every credential this hook has read or been issued; see :meth:`_call`.
+        self._scrub = Scrubber()
 
     def __repr__(self) -> str:
         return f"TesHook(tes_conn_id={self.tes_conn_id!r})"
@@ -101,6 +106,7 @@ class TesHook(BaseHook):
     def _read(self, conn: Any) -> TesConnection:
         changes = {k: v for k, v in self._overrides.items() if v is not None}
         settings = TesConnection.from_airflow(conn)
+        self._scrub.add(settings.secret, login=settings.login if settings.auth_type == "basic" else None)
         return settings.model_copy(update=changes) if changes else settings
 
     @property
@@ -139,11 +145,10 @@ class TesHook(BaseHook):
 
     # -- clients ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _client_kwargs(settings: TesConnection) -> dict[str, Any]:
+    def _client_kwargs(self, settings: TesConnection) -> dict[str, Any]:
         return {
             "base_url": settings.base_url + "/",
-            "auth": settings.httpx_auth(),
+            "auth": settings.httpx_auth(on_token=self._scrub.add),
             "timeout": httpx.Timeout(
                 settings.timeout, connect=min(settings.timeout, DEFAULT_CONNECT_TIMEOUT)
             ),
@@ -202,7 +207,7 @@ class TesHook(BaseHook):
     # -- the one request path, twice ----------------------------------------------------------------
 
     def _retrying(self, settings: TesConnection) -> dict[str, Any]:
-        return retry_policy(settings.retries, self.retry_min_wait, self.retry_max_wait, self.log)
+        return retry_policy(settings.retries, self.retry_min_wait, self.retry_max_wait, self.log, self._scrub)
 
     def _call(self, req: Request[M]) -> M:
         client = self.get_conn()
@@ -215,10 +220,13 @@ class TesHook(BaseHook):
                         try:
                             response = client.request(req.method, req.path, params=req.params, json=req.body)
                         except httpx.HTTPError as err:
-                            raise transport_failure(req, err, settings) from err
+                            # not chained: the httpx error's text may quote a header
+                            raise transport_failure(req, err, settings) from None
                     return interpret(req, response, settings)
         except Retryable as final:
-            raise final.error from final
+            raise scrubbed(final.error, self._scrub) from None
+        except TesRequestError as err:
+            raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _a_call(self, req: Request[M]) -> M:
@@ -234,10 +242,13 @@ class TesHook(BaseHook):
                                 req.method, req.path, params=req.params, json=req.body
                             )
                         except httpx.HTTPError as err:
-                            raise transport_failure(req, err, settings) from err
+                            # not chained: the httpx error's text may quote a header
+                            raise transport_failure(req, err, settings) from None
                     return interpret(req, response, settings)
         except Retryable as final:
-            raise final.error from final
+            raise scrubbed(final.error, self._scrub) from None
+        except TesRequestError as err:
+            raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- sync API -----------------------------------------------------------------------------------
