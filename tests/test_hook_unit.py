@@ -350,6 +350,30 @@ def test_5xx_on_get_retried(basic_conn: None, status: int) -> None:
     assert len(h.requests) == 3
 
 
+@pytest.mark.parametrize("status", [507, 520, 599])
+def test_other_5xx_on_get_retried(basic_conn: None, status: int) -> None:
+    h = Harness(scripted(httpx.Response(status), respond("tesTask", task_doc("t1"))))
+    assert h.hook.get_task("t1").id == "t1"
+    assert len(h.requests) == 2
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_permanent_5xx_not_retried(basic_conn: None, status: int) -> None:
+    h = Harness(scripted(httpx.Response(status, json={"message": "not implemented"})))
+    with pytest.raises(TesServerUnavailableError, match="not implemented") as info:
+        h.hook.get_task("t1")
+    assert info.value.http_status == status
+    assert len(h.requests) == 1
+
+
+def test_other_5xx_on_create_looks_up(basic_conn: None) -> None:
+    server = FakeServer(fail_posts=[(507, True)])
+    h = Harness(server.handler)
+    assert h.hook.create_task(make_task()) == "task-1"
+    assert h.count("POST") == 1
+    assert len(server.tasks) == 1
+
+
 def test_connect_error_on_get_retried(basic_conn: None) -> None:
     h = Harness(
         scripted(httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), respond("tesTask", task_doc("t1")))

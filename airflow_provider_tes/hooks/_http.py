@@ -38,7 +38,15 @@ Params = tuple[tuple[str, str], ...]
 
 #: Failures where the request certainly never reached the server: always safe to resend.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: 5xx answers that will not change on a resend: 501 (the server does not implement the call:
+#: a gateway that routes only some TES paths says so) and 505 (HTTP version refused). Every
+#: other 5xx (507 out of storage, 508, 520-530 of CDNs, ...) is an outage like 503.
+PERMANENT_5XX = frozenset({501, 505})
+
+
+def is_transient(status: int) -> bool:
+    """Whether an answer with ``status`` may differ on a resend: 429 and 5xx but 501/505."""
+    return status == 429 or (500 <= status < 600 and status not in PERMANENT_5XX)
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,7 @@ def interpret(req: Request[M], response: httpx.Response, conn: TesConnection) ->
         )
     if status == 404:
         raise req.error(TesNotFoundError, f"{where}: not found {detail}".rstrip(), conn, status)
-    if status in RETRY_STATUSES:
+    if is_transient(status):
         if status != 429 and not req.idempotent:
             raise req.error(
                 TesAmbiguousCreateError,

@@ -52,7 +52,7 @@ class TesHook(BaseHook):
     Each side keeps one pooled httpx client for the life of the hook; close it with
     :meth:`close` / :meth:`aclose` or use the hook as a (async) context manager.
 
-    Retries: transport errors, timeouts, 429 (Retry-After honoured) and 500/502/503/504 are
+    Retries: transport errors, timeouts, 429 (Retry-After honoured) and 5xx but 501/505 are
     retried with jittered exponential backoff when resending cannot do harm. A create that
     may have reached the server is never blindly resent, see :meth:`create_task`.
 
