@@ -14,7 +14,13 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-
 import httpx
 import pytest
 
-from airflow_provider_tes.exceptions import TesBadRequestError, TesError, TesServerUnavailableError
+from airflow_provider_tes.exceptions import (
+    TesAuthError,
+    TesBadRequestError,
+    TesConfigurationError,
+    TesError,
+    TesServerUnavailableError,
+)
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.redaction import Scrubber
 
@@ -133,3 +139,60 @@ def test_scrubber_forms_and_short_values() -> None:
     basic = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
     text = f"{PASSWORD} {quote(PASSWORD, safe='')} {json.dumps(PASSWORD)} {basic} abc"
     assert scrub(text) == '*** *** "***" *** abc'
+
+
+# -- reload: a rotated credential is picked up ------------------------------------------------------
+
+
+class RotatingServer:
+    def __init__(self, token: str) -> None:
+        self.valid = token
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.valid}":
+            return httpx.Response(401, json={"message": "invalid token"})
+        return httpx.Response(200, json={"id": "t1", "state": "RUNNING"})
+
+
+def test_reload_picks_up_a_rotated_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RotatingServer("old-token-123456")
+    _set(monkeypatch, extra={"token": "old-token-123456"})
+    hook = _hook(server)
+    assert hook.get_task("t1").id == "t1"
+    old_client = hook.get_conn()
+    _set(monkeypatch, extra={"token": "new-token-654321", "timeout": 7})
+    server.valid = "new-token-654321"
+    with pytest.raises(TesAuthError):
+        hook.get_task("t1")  # the hook keeps what it read until told
+    settings = hook.reload()
+    assert settings.secret == "new-token-654321" and hook.settings.timeout == 7
+    assert old_client.is_closed
+    assert hook.get_task("t1").id == "t1"
+    hook.close()
+
+
+async def test_a_reload_picks_up_a_rotated_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RotatingServer("old-token-123456")
+    _set(monkeypatch, extra={"token": "old-token-123456"})
+    hook = _hook(server)
+    assert (await hook.a_get_task("t1")).id == "t1"
+    old_client = await hook.a_get_conn()
+    _set(monkeypatch, extra={"token": "new-token-654321"})
+    server.valid = "new-token-654321"
+    with pytest.raises(TesAuthError) as info:
+        await hook.a_get_task("t1")
+    assert "new-token" not in str(info.value) and "old-token" not in str(info.value)
+    await hook.a_reload()
+    assert old_client.is_closed
+    assert (await hook.a_get_task("t1")).id == "t1"
+    await hook.aclose()
+
+
+def test_reload_of_a_broken_connection_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, extra={"token": "old-token-123456"})
+    hook = _hook(RotatingServer("old-token-123456"))
+    hook.get_task("t1")
+    _set(monkeypatch, extra={"token": "new-token\n-654321"})
+    with pytest.raises(TesConfigurationError, match="control characters"):
+        hook.reload()
+    assert hook.get_task("t1").id == "t1"  # the working client is kept

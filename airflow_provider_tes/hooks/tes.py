@@ -139,6 +139,34 @@ class TesHook(BaseHook):
             f"Airflow UI, or as AIRFLOW_CONN_{self.tes_conn_id.upper()} (JSON or tes:// URI)"
         )
 
+    def reload(self) -> TesConnection:
+        """Read the connection again and rebuild the sync client with it (on its next use).
+
+        For a long-lived caller after a credential rotation: the old client is closed, so call
+        it between requests. The async side has :meth:`a_reload`; each side rebuilds only its
+        own client, and both then read the new connection.
+        """
+        settings = self._read(self._lookup_connection(self.tes_conn_id))
+        with self._lock:
+            old, self._client = self._client, None
+            self._settings = settings
+        if old is not None:
+            old.close()
+        return settings
+
+    async def a_reload(self) -> TesConnection:
+        """Read the connection again and rebuild the async client with it (see :meth:`reload`)."""
+        try:
+            conn = await self.aget_connection(self.tes_conn_id)
+        except Exception as err:
+            raise self._unknown_connection(err) from err
+        settings = self._read(conn)
+        old, self._async_client = self._async_client, None
+        self._settings = settings
+        if old is not None:
+            await old.aclose()
+        return settings
+
     @property
     def base_url(self) -> str:
         return self.settings.base_url
