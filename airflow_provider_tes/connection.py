@@ -36,6 +36,10 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 5
 DEFAULT_MAX_CONCURRENCY = 10
 DEFAULT_POLL_INTERVAL = 5.0
+#: Largest answer body read (bytes, after content decoding); a larger one is an error.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Most pages one listing may take; a server handing out tokens forever is stopped there.
+DEFAULT_MAX_PAGES = 1000
 #: Longest single backoff sleep, and the longest Retry-After the hook will honour.
 DEFAULT_RETRY_MAX_WAIT = 30.0
 #: Shortest backoff step (seconds); the n-th retry waits about ``2**n`` of them, plus jitter.
@@ -140,7 +144,7 @@ class TesConnectionExtras(BaseModel):
     timeout: Seconds = Field(
         DEFAULT_TIMEOUT,
         title="Timeout (s)",
-        description="Per-request timeout in seconds.",
+        description="Longest time one request may take, its whole answer included.",
     )
     retries: Count = Field(
         DEFAULT_RETRIES, title="Retries", description="Retries of a failed request (jittered backoff)."
@@ -149,6 +153,16 @@ class TesConnectionExtras(BaseModel):
         DEFAULT_MAX_CONCURRENCY,
         title="Max concurrent requests",
         description="Cap on simultaneous requests; more wait their turn.",
+    )
+    max_response_bytes: PositiveCount = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        title="Max answer size (bytes)",
+        description="Largest answer the provider reads; a larger one fails like a bad answer.",
+    )
+    max_pages: PositiveCount = Field(
+        DEFAULT_MAX_PAGES,
+        title="Max pages per listing",
+        description="Most pages one task listing may take before it is treated as a bad answer.",
     )
     poll_interval: Seconds = Field(
         DEFAULT_POLL_INTERVAL, title="Poll interval (s)", description="Default seconds between status polls."
@@ -227,6 +241,8 @@ class TesConnection(BaseModel):
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
     verify: bool | str = True
     poll_interval: float = DEFAULT_POLL_INTERVAL
     inputs_url: str | None = None
@@ -283,6 +299,8 @@ class TesConnection(BaseModel):
             timeout=extras.timeout,
             retries=extras.retries,
             max_concurrency=extras.max_concurrency,
+            max_response_bytes=extras.max_response_bytes,
+            max_pages=extras.max_pages,
             verify=extras.ca_bundle or extras.verify,
             poll_interval=extras.poll_interval,
             inputs_url=extras.inputs_url,

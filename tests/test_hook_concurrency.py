@@ -16,6 +16,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-
 
 import pytest
 
+from airflow_provider_tes.exceptions import TesRequestTimeoutError
 from airflow_provider_tes.hooks.tes import TesHook
 
 CONN_ID = "tes_gate"
@@ -83,3 +84,14 @@ async def test_a_burst_queues_and_every_request_succeeds() -> None:
         results = await _burst(hook)
     assert results == [f"t{i}" for i in range(BURST)]
     assert IN_FLIGHT["peak"] == CAP
+
+
+@pytest.mark.usefixtures("slow_server")
+async def test_without_the_gate_the_queue_eats_the_request_deadline() -> None:
+    """The deadline of a request starts once it passes the gate; httpx's pool has no such point."""
+    async with TesHook(CONN_ID) as ungated:
+        await ungated.a_get_conn()
+        ungated._async_gate = asyncio.Semaphore(BURST)  # httpx's pool limit alone
+        results = await _burst(ungated)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert failed and all(isinstance(r, TesRequestTimeoutError) for r in failed)

@@ -28,6 +28,8 @@ from airflow_provider_tes.exceptions import (
     TesMalformedResponseError,
     TesNotFoundError,
     TesRequestError,
+    TesRequestTimeoutError,
+    TesResponseTooLargeError,
     TesServerUnavailableError,
 )
 from airflow_provider_tes.models import TesListTasksResponse, TesModel, TesTask, TesView, from_minimal_json
@@ -198,13 +200,75 @@ def scrubbed(err: E, scrub: Callable[[str], str]) -> E:
     return type(err)(message, method=err.method, url=scrub(err.url), status_code=err.http_status)
 
 
-def interpret(req: Request[M], response: httpx.Response, conn: TesConnection) -> M:
+class Body:
+    """An answer's body read within the request's bounds: its deadline and ``max_response_bytes``.
+
+    The deadline covers the whole exchange, not each read: httpx's ``timeout`` applies per
+    socket operation, so a body trickling in a byte at a time would otherwise never time out.
+    The sync twin checks the deadline between chunks (a stalled read still ends at ``timeout``);
+    the async twin also runs the exchange under ``asyncio.timeout``.
+    """
+
+    def __init__(
+        self, req: Request[Any], conn: TesConnection, response: httpx.Response, deadline: float
+    ) -> None:
+        self._req = req
+        self._conn = conn
+        self._deadline = deadline
+        self._chunks: list[bytes] = []
+        self._size = 0
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > conn.max_response_bytes:
+            raise self._too_large(response.status_code, f"announces {int(declared)} bytes")
+        self._status = response.status_code
+
+    def feed(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._conn.max_response_bytes:
+            raise self._too_large(self._status, f"has more than {self._size - len(chunk)} bytes")
+        self._chunks.append(chunk)
+        if time.monotonic() > self._deadline:
+            raise TimeoutError
+
+    @property
+    def content(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def _too_large(self, status: int, what: str) -> TesResponseTooLargeError:
+        return self._req.error(
+            TesResponseTooLargeError,
+            f"{self._req.where(self._conn)} -> HTTP {status}: the answer {what}, over the "
+            f"connection's max_response_bytes ({self._conn.max_response_bytes})",
+            self._conn,
+            status,
+        )
+
+
+def deadline_failure(req: Request[Any], conn: TesConnection) -> Exception:
+    """What a request past its deadline means: retry, or an ambiguous create."""
+    if not req.idempotent:
+        return req.error(
+            TesAmbiguousCreateError,
+            f"{req.where(conn)} took longer than the timeout ({conn.timeout:g}s) after the request "
+            "may have reached the server",
+            conn,
+        )
+    return Retryable(
+        req.error(
+            TesRequestTimeoutError,
+            f"{req.where(conn)} failed: the whole request took longer than the timeout ({conn.timeout:g}s)",
+            conn,
+        )
+    )
+
+
+def interpret(req: Request[M], response: httpx.Response, body: bytes, conn: TesConnection) -> M:
     """The answer as ``req.model``, or the right error: the one place for status handling."""
     status = response.status_code
     where = f"{req.where(conn)} -> HTTP {status}"
     if 200 <= status < 300:
-        return _parse(req, response.content, conn, status)
-    detail = _server_message(response.content)
+        return _parse(req, body, conn, status)
+    detail = _server_message(body)
     if status in (401, 403):
         raise req.error(
             TesAuthError,

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow_provider_tes.connection import TesConnection
-from airflow_provider_tes.exceptions import TesConfigurationError, TesMalformedResponseError
+from airflow_provider_tes.exceptions import TesConfigurationError, TesListingTooLongError
 from airflow_provider_tes.hooks._http import Params, Request
 from airflow_provider_tes.models import (
     MAX_PAGE_SIZE,
@@ -69,20 +69,32 @@ def list_params(
 
 @dataclass
 class Pager:
-    """Where a listing is: the request for the next page, and when to stop.
+    """Where a listing is: the request for the next page, what is new on a page, and when to stop.
 
-    The listing ends on an empty token or an empty page. A token seen before would page
-    forever, so it is a malformed answer.
+    The listing ends on an empty token or an empty page. It is bounded: a token seen before, a
+    page that brings no task not listed already (a server ignoring ``page_token``), or more
+    than the connection's ``max_pages`` pages raise :class:`TesListingTooLongError`.
     """
 
     params: Params
     conn: TesConnection
     token: str | None = None
+    pages: int = 0
     seen_tokens: set[str] = field(default_factory=set)
+    seen_ids: set[str] = field(default_factory=set)
 
     def request(self) -> Request[TesListTasksResponse]:
         params = (*self.params, ("page_token", self.token)) if self.token else self.params
         return Request("GET", "tasks", TesListTasksResponse, params=params)
+
+    def fresh(self, page: TesListTasksResponse, req: Request[Any]) -> list[TesTask]:
+        """The tasks of ``page`` not listed before (a task moved across a page edge is listed once)."""
+        self.pages += 1
+        new = [task for task in page.tasks if task.id is None or task.id not in self.seen_ids]
+        if self.pages > 1 and page.tasks and not new:
+            raise self._too_long(req, "the server sent a page of tasks it had listed already")
+        self.seen_ids.update(task.id for task in new if task.id is not None)
+        return new
 
     def advance(self, page: TesListTasksResponse, req: Request[Any]) -> bool:
         """Take ``page``'s token; whether there is a next page."""
@@ -90,14 +102,17 @@ class Pager:
         if not token or not page.tasks:
             return False
         if token in self.seen_tokens:
-            raise req.error(
-                TesMalformedResponseError,
-                f"{req.where(self.conn)}: the server repeated page token {token!r}",
-                self.conn,
+            raise self._too_long(req, f"the server repeated page token {token[:100]!r}")
+        if self.pages >= self.conn.max_pages:
+            raise self._too_long(
+                req, f"the listing has more than the connection's max_pages ({self.conn.max_pages}) pages"
             )
         self.seen_tokens.add(token)
         self.token = token
         return True
+
+    def _too_long(self, req: Request[Any], problem: str) -> TesListingTooLongError:
+        return req.error(TesListingTooLongError, f"{req.where(self.conn)}: {problem}", self.conn)
 
 
 def has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Self
 
@@ -32,10 +33,12 @@ from airflow_provider_tes.exceptions import (
 )
 from airflow_provider_tes.hooks import _requests
 from airflow_provider_tes.hooks._http import (
+    Body,
     M,
     Request,
     Retryable,
     backoff,
+    deadline_failure,
     interpret,
     retry_policy,
     scrubbed,
@@ -57,12 +60,14 @@ class TesHook(BaseHook):
     may have reached the server is never blindly resent, see :meth:`create_task`.
 
     Concurrency: at most ``max_concurrency`` requests of one client are in flight; the rest
-    wait at a semaphore (the *gate*) in front of httpx's pool. httpx's ``Limits`` alone would
-    cap connections only for its own transports: the gate holds for any transport, mocks and
-    wrappers included. Measured with httpx 0.28 / httpcore 1.0, the pool itself also queues a
-    burst without ``PoolTimeout`` (16 requests, cap 2, 0.3 s answers, timeout 1 s: all succeed
-    in 2.4 s with or without the gate, ``tests/test_hook_concurrency.py``), so the gate is not
-    there to avoid pool timeouts.
+    wait at a semaphore (the *gate*) in front of httpx's pool, with no time limit. Each request's
+    deadline (``timeout``, the whole exchange) starts when it passes the gate, so a burst larger
+    than the cap queues instead of spending its deadline in httpx's pool queue. Measured
+    (``tests/test_hook_concurrency.py``: 16 requests, cap 2, 0.3 s answers, timeout 1 s): with
+    the gate all succeed in 2.5 s; with httpx's ``Limits`` alone 10 of 16 fail with
+    :class:`~airflow_provider_tes.exceptions.TesRequestTimeoutError` after 1 s. (httpcore 1.0's
+    own pool timeout does not fire in that burst, so the pool alone queues without a bound.)
+    The gate also caps transports that have no pool, such as ``httpx.MockTransport``.
     """
 
     conn_name_attr = "tes_conn_id"
@@ -246,11 +251,13 @@ class TesHook(BaseHook):
                 with attempt:
                     with self._gate:
                         try:
-                            response = client.request(req.method, req.path, params=req.params, json=req.body)
+                            response, body = self._exchange(client, req, settings)
                         except httpx.HTTPError as err:
                             # not chained: the httpx error's text may quote a header
                             raise transport_failure(req, err, settings) from None
-                    return interpret(req, response, settings)
+                        except TimeoutError:
+                            raise deadline_failure(req, settings) from None
+                    return interpret(req, response, body, settings)
         except Retryable as final:
             raise scrubbed(final.error, self._scrub) from None
         except TesRequestError as err:
@@ -266,18 +273,49 @@ class TesHook(BaseHook):
                 with attempt:
                     async with self._async_gate:
                         try:
-                            response = await client.request(
-                                req.method, req.path, params=req.params, json=req.body
-                            )
+                            async with asyncio.timeout(settings.timeout):
+                                response, body = await self._a_exchange(client, req, settings)
                         except httpx.HTTPError as err:
-                            # not chained: the httpx error's text may quote a header
                             raise transport_failure(req, err, settings) from None
-                    return interpret(req, response, settings)
+                        except TimeoutError:
+                            raise deadline_failure(req, settings) from None
+                    return interpret(req, response, body, settings)
         except Retryable as final:
             raise scrubbed(final.error, self._scrub) from None
         except TesRequestError as err:
             raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _exchange(
+        client: httpx.Client, req: Request[M], settings: TesConnection
+    ) -> tuple[httpx.Response, bytes]:
+        """Send ``req`` and read its answer within the bounds (see ``_http.Body``)."""
+        deadline = time.monotonic() + settings.timeout
+        request = client.build_request(req.method, req.path, params=req.params, json=req.body)
+        response = client.send(request, stream=True)
+        try:
+            body = Body(req, settings, response, deadline)
+            for chunk in response.iter_bytes():
+                body.feed(chunk)
+            return response, body.content
+        finally:
+            response.close()
+
+    @staticmethod
+    async def _a_exchange(
+        client: httpx.AsyncClient, req: Request[M], settings: TesConnection
+    ) -> tuple[httpx.Response, bytes]:
+        deadline = time.monotonic() + settings.timeout
+        request = client.build_request(req.method, req.path, params=req.params, json=req.body)
+        response = await client.send(request, stream=True)
+        try:
+            body = Body(req, settings, response, deadline)
+            async for chunk in response.aiter_bytes():
+                body.feed(chunk)
+            return response, body.content
+        finally:
+            await response.aclose()
 
     # -- sync API -----------------------------------------------------------------------------------
 
@@ -304,7 +342,7 @@ class TesHook(BaseHook):
         while True:
             req = pager.request()
             page = self._call(req)
-            yield from page.tasks
+            yield from pager.fresh(page, req)
             if not pager.advance(page, req):
                 return
 
@@ -394,7 +432,7 @@ class TesHook(BaseHook):
         while True:
             req = pager.request()
             page = await self._a_call(req)
-            for task in page.tasks:
+            for task in pager.fresh(page, req):
                 yield task
             if not pager.advance(page, req):
                 return
