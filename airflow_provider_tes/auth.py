@@ -1,8 +1,9 @@
-"""OAuth2 client-credentials bearer authentication for httpx, sync and async.
+"""Bearer authentication for httpx, sync and async: a static token, or OAuth2 client credentials.
 
-:class:`OAuth2ClientCredentials` is an :class:`httpx.Auth`: give it to an ``httpx.Client`` or
-``httpx.AsyncClient`` and every request carries ``Authorization: Bearer <access token>``, the
-token coming from an OAuth2 token endpoint (RFC 6749 4.4, the client-credentials grant).
+:class:`BearerToken` sends a fixed token. :class:`OAuth2ClientCredentials` is an
+:class:`httpx.Auth`: give it to an ``httpx.Client`` or ``httpx.AsyncClient`` and every request
+carries ``Authorization: Bearer <access token>``, the token coming from an OAuth2 token
+endpoint (RFC 6749 4.4, the client-credentials grant).
 
 * The token request is sent *through the auth flow* (yielded like any request), so it uses the
   same client, transport, TLS settings, proxies and timeout as the request it precedes, and
@@ -30,14 +31,15 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from airflow_provider_tes.exceptions import TesAuthError, TesConfigurationError, TesServerUnavailableError
+from airflow_provider_tes.redaction import display_url, mask
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +54,6 @@ class _Token:
     refresh_at: float
 
 
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-    except ImportError:  # pragma: no cover - Airflow always has it; masking is best effort
-        pass
-
-
-def _display_url(url: str) -> str:
-    """``url`` without userinfo, query or fragment: safe for messages."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def _lifetime(value: Any) -> float | None:
     """``expires_in`` as positive finite seconds, or None when absent or unusable."""
     if isinstance(value, bool):
@@ -81,6 +63,20 @@ def _lifetime(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+class BearerToken(httpx.Auth):
+    """A static bearer token; its repr never shows the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "BearerToken(token=***)"
 
 
 class OAuth2ClientCredentials(httpx.Auth):
@@ -96,6 +92,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         token's lifetime).
     :param client_auth: ``client_secret_basic`` (HTTP Basic, RFC 6749 2.3.1, the default) or
         ``client_secret_post`` (``client_id``/``client_secret`` form fields).
+    :param on_token: called with each access token as it is issued (the hook's scrubber
+        learns it there).
     """
 
     # The request body is read up front so a request can be resent after a 401.
@@ -111,20 +109,21 @@ class OAuth2ClientCredentials(httpx.Auth):
         audience: str | None = None,
         leeway: float = DEFAULT_LEEWAY,
         client_auth: ClientAuthMethod = "client_secret_basic",
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         token_url = (token_url or "").strip()
         parts = urlsplit(token_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise TesConfigurationError(
-                f"OAuth2 token_url must be an absolute http(s) URL, got {_display_url(token_url)!r}"
+                f"OAuth2 token_url must be an absolute http(s) URL, got {display_url(token_url)!r}"
             )
         if not client_id:
             raise TesConfigurationError(
-                f"OAuth2 client credentials for {_display_url(token_url)} need a client id"
+                f"OAuth2 client credentials for {display_url(token_url)} need a client id"
             )
         if not client_secret:
             raise TesConfigurationError(
-                f"OAuth2 client {client_id!r} at {_display_url(token_url)} needs a client secret"
+                f"OAuth2 client {client_id!r} at {display_url(token_url)} needs a client secret"
             )
         if not (isinstance(leeway, int | float) and math.isfinite(leeway) and leeway >= 0):
             raise TesConfigurationError(f"OAuth2 leeway must be a number of seconds >= 0, got {leeway!r}")
@@ -135,7 +134,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         if scope is not None and not isinstance(scope, str):
             scope = " ".join(scope)
         self._token_url = token_url
-        self._display_token_url = _display_url(token_url)
+        self._display_token_url = display_url(token_url)
         self._client_id = client_id
         self._client_secret = client_secret
         self._scope = scope or None
@@ -144,7 +143,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._client_auth: ClientAuthMethod = client_auth
         self._token: _Token | None = None
         self._lock = threading.Lock()
-        _mask(client_secret)
+        self._on_token = on_token
+        mask(client_secret)
 
     # -- read-only view ---------------------------------------------------------------------------
 
@@ -302,7 +302,9 @@ class OAuth2ClientCredentials(httpx.Auth):
                     f"(is token_url the OAuth2 token endpoint?)",
                     **error_kwargs,
                 )
-            _mask(value)
+            mask(value)
+            if self._on_token is not None:
+                self._on_token(value)
             assert isinstance(data, dict)
             lifetime = _lifetime(data.get("expires_in"))
             if lifetime is None:

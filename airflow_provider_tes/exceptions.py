@@ -10,8 +10,12 @@ a task failure (and retries the task when the DAG asks for retries)::
     │   ├── TesNotFoundError           404: no such task
     │   ├── TesBadRequestError         other 4xx: the server's own message is included
     │   ├── TesServerUnavailableError  transport errors, timeouts, 429, 5xx after all retries
-    │   │   └── TesAmbiguousCreateError  a create that may or may not have reached the server
+    │   │   ├── TesAmbiguousCreateError  a create that may or may not have reached the server
+    │   │   └── TesRequestTimeoutError   a request ran past its deadline (``timeout``), body included
     │   └── TesMalformedResponseError  the answer is not the TES JSON it should be
+    │       └── TesResponseLimitError  an answer past a bound of the connection
+    │           ├── TesResponseTooLargeError  a body over ``max_response_bytes``
+    │           └── TesListingTooLongError    over ``max_pages`` pages, or pages repeated
     ├── TesStagingError                an input could not be staged to object storage
     └── TesTaskFailedError             the TES task ended in a state other than COMPLETE
         ├── TesTaskPreemptedError      PREEMPTED with no preemption budget left
@@ -73,8 +77,24 @@ class TesAmbiguousCreateError(TesServerUnavailableError):
     """A create request failed in a way that leaves open whether the server made the task."""
 
 
+class TesRequestTimeoutError(TesServerUnavailableError):
+    """The request, its whole answer included, took longer than the connection's ``timeout``."""
+
+
 class TesMalformedResponseError(TesRequestError):
     pass
+
+
+class TesResponseLimitError(TesMalformedResponseError):
+    """An answer went past a bound of the connection; a poller treats it like a failed poll."""
+
+
+class TesResponseTooLargeError(TesResponseLimitError):
+    """The answer's body is larger than the connection's ``max_response_bytes``."""
+
+
+class TesListingTooLongError(TesResponseLimitError):
+    """A listing took more than ``max_pages`` pages, or the server sent pages or tokens again."""
 
 
 class TesStagingError(TesError):

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_tes import __version__
-
-
-def _field(label: str, type_: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {"label": label, "schema": {"type": [type_, "null"], **schema}, "description": description}
+from airflow_provider_tes.connection import connection_form_fields
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -43,63 +40,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "tes",
                 "hook-class-name": "airflow_provider_tes.hooks.tes.TesHook",
                 "hook-name": "GA4GH TES",
-                "conn-fields": {
-                    "auth_type": _field(
-                        "Auth type",
-                        "string",
-                        "none, basic (login/password), bearer (token below, or the password field) or "
-                        "oauth2 (client credentials: client id as login, secret as password, "
-                        "token URL below). "
-                        "auto: basic when a login is set, bearer when only a token is.",
-                        enum=["auto", "none", "basic", "bearer", "oauth2"],
-                        default="auto",
-                    ),
-                    "token": _field(
-                        "Bearer token", "string", "Static bearer token (kept secret).", format="password"
-                    ),
-                    "token_url": _field(
-                        "OAuth2 token URL",
-                        "string",
-                        "Client-credentials token endpoint (auth type oauth2); "
-                        "tokens are renewed before they expire.",
-                    ),
-                    "scope": _field("OAuth2 scope", "string", "Scope requested with oauth2 (optional)."),
-                    "verify": _field(
-                        "Verify TLS", "boolean", "Verify the server's TLS certificate.", default=True
-                    ),
-                    "ca_bundle": _field(
-                        "CA bundle path", "string", "PEM file of CAs to trust for the TES URL."
-                    ),
-                    "timeout": _field("Timeout (s)", "number", "Per-request timeout in seconds.", default=30),
-                    "retries": _field(
-                        "Retries", "integer", "Retries of a failed request (jittered backoff).", default=5
-                    ),
-                    "max_concurrency": _field(
-                        "Max concurrent requests", "integer", "Cap on simultaneous requests.", default=10
-                    ),
-                    "poll_interval": _field(
-                        "Poll interval (s)", "number", "Default seconds between status polls.", default=5
-                    ),
-                    "inputs_url": _field(
-                        "Inputs URL",
-                        "string",
-                        "Where local inputs are staged, e.g. s3://bucket/tes/inputs/",
-                    ),
-                    "outputs_url": _field(
-                        "Outputs URL",
-                        "string",
-                        "Where task outputs go, e.g. s3://bucket/tes/outputs/",
-                    ),
-                    "aws_conn_id": _field(
-                        "AWS connection id", "string", "Airflow AWS connection used to stage inputs."
-                    ),
-                    "task_link_template": _field(
-                        "Task link template",
-                        "string",
-                        "URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, "
-                        "e.g. {origin}/tasks/{task_id} for Funnel's dashboard.",
-                    ),
-                },
+                "conn-fields": connection_form_fields(),
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "extra"],
                     "relabeling": {

@@ -67,7 +67,9 @@ class TesTaskManager:
         if self._plan is None:
             settings = self.hook.settings
             self._plan = self.spec.plan(
-                connection_inputs_url=settings.inputs_url, connection_outputs_url=settings.outputs_url
+                connection_inputs_url=settings.inputs_url,
+                connection_outputs_url=settings.outputs_url,
+                connection_allowed_local_roots=settings.allowed_local_roots,
             )
         return self._plan
 

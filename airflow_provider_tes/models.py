@@ -319,6 +319,10 @@ class TesCreateTaskResponse(TesModel):
     id: str = Field(min_length=1)
 
 
+class TesCancelTaskResponse(TesModel):
+    """The answer to CancelTask: an empty object."""
+
+
 class TesListTasksResponse(TesModel):
     tasks: list[TesTask] = Field(default_factory=list)
     next_page_token: str | None = None

@@ -37,13 +37,14 @@ from stack import FunnelServer
 
 import airflow_provider_tes.auth as auth_module
 from airflow_provider_tes.auth import OAuth2ClientCredentials
+from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
     TesAuthError,
     TesConfigurationError,
     TesRequestError,
     TesServerUnavailableError,
 )
-from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 
 TOKEN_URL = "https://idp.test/oauth2/token"
@@ -433,7 +434,7 @@ def _oauth2_connection(
 
 
 def _oauth2_wired() -> bool:
-    """Whether TesConnectionSettings understands ``auth_type: oauth2`` yet."""
+    """Whether TesConnection understands ``auth_type: oauth2`` yet."""
     from airflow.sdk import Connection
 
     conn = Connection(
@@ -445,14 +446,14 @@ def _oauth2_wired() -> bool:
         extra=json.dumps({"auth_type": "oauth2", "token_url": "http://idp.test/token"}),
     )
     try:
-        return isinstance(TesConnectionSettings.from_connection(conn).httpx_auth(), OAuth2ClientCredentials)
+        return isinstance(TesConnection.from_airflow(conn).httpx_auth(), OAuth2ClientCredentials)
     except TesConfigurationError:
         return False
 
 
 def use_oauth2_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, conn: dict[str, Any]) -> None:
     """Define ``conn_id`` as ``conn`` (auth_type oauth2, through the real connection wiring)."""
-    assert _oauth2_wired(), "TesConnectionSettings must build OAuth2ClientCredentials for auth_type oauth2"
+    assert _oauth2_wired(), "TesConnection must build OAuth2ClientCredentials for auth_type oauth2"
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
@@ -468,7 +469,7 @@ def test_connection_auth_type_oauth2_builds_client_credentials() -> None:
         password=SECRET,
         extra=json.dumps({"auth_type": "oauth2", "token_url": TOKEN_URL, "scope": "tes"}),
     )
-    settings = TesConnectionSettings.from_connection(conn)
+    settings = TesConnection.from_airflow(conn)
     auth = settings.httpx_auth()
     assert isinstance(auth, OAuth2ClientCredentials)
     assert (auth.token_url, auth.client_id, auth.scope) == (TOKEN_URL, CLIENT_ID, "tes")

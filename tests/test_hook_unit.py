@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spec import AsyncSpecCheckingTransport, SpecCheckingTransport, validate_response
 
+from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
     TesAmbiguousCreateError,
     TesAuthError,
@@ -39,7 +40,7 @@ from airflow_provider_tes.exceptions import (
     TesNotFoundError,
     TesServerUnavailableError,
 )
-from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesInput, TesState, TesTask, TesView
 
 CONN_ID = "tes_unit"
@@ -349,6 +350,30 @@ def test_5xx_on_get_retried(basic_conn: None, status: int) -> None:
     assert len(h.requests) == 3
 
 
+@pytest.mark.parametrize("status", [507, 520, 599])
+def test_other_5xx_on_get_retried(basic_conn: None, status: int) -> None:
+    h = Harness(scripted(httpx.Response(status), respond("tesTask", task_doc("t1"))))
+    assert h.hook.get_task("t1").id == "t1"
+    assert len(h.requests) == 2
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_permanent_5xx_not_retried(basic_conn: None, status: int) -> None:
+    h = Harness(scripted(httpx.Response(status, json={"message": "not implemented"})))
+    with pytest.raises(TesServerUnavailableError, match="not implemented") as info:
+        h.hook.get_task("t1")
+    assert info.value.http_status == status
+    assert len(h.requests) == 1
+
+
+def test_other_5xx_on_create_looks_up(basic_conn: None) -> None:
+    server = FakeServer(fail_posts=[(507, True)])
+    h = Harness(server.handler)
+    assert h.hook.create_task(make_task()) == "task-1"
+    assert h.count("POST") == 1
+    assert len(server.tasks) == 1
+
+
 def test_connect_error_on_get_retried(basic_conn: None) -> None:
     h = Harness(
         scripted(httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), respond("tesTask", task_doc("t1")))
@@ -411,11 +436,24 @@ def test_retries_from_connection_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_task_id_is_quoted(basic_conn: None) -> None:
-    h = Harness(scripted(respond("tesTask", task_doc("a/b c"))))
-    h.hook.get_task("a/b c", view=TesView.FULL)
-    assert h.requests[0].url.raw_path == b"/ga4gh/tes/v1/tasks/a%2Fb%20c?view=FULL"
+    h = Harness(scripted(respond("tesTask", task_doc("a?b c#d"))))
+    h.hook.get_task("a?b c#d", view=TesView.FULL)
+    assert h.requests[0].url.raw_path == b"/ga4gh/tes/v1/tasks/a%3Fb%20c%23d?view=FULL"
     with pytest.raises(TesConfigurationError):
         h.hook.get_task("")
+
+
+@pytest.mark.parametrize("task_id", ["", ".", "..", "a/b", "/", "../tasks"])
+async def test_task_ids_that_address_other_paths_are_refused(basic_conn: None, task_id: str) -> None:
+    h = Harness(scripted(respond("tesTask", task_doc("t1"))))
+    for call in (h.hook.get_task, h.hook.cancel_task):
+        with pytest.raises(TesConfigurationError, match="task_id"):
+            call(task_id)
+    with pytest.raises(TesConfigurationError, match="task_id"):
+        await h.hook.a_get_task(task_id)
+    with pytest.raises(TesConfigurationError, match="task_id"):
+        await h.hook.a_cancel_task(task_id)
+    assert h.requests == []
 
 
 def test_cancel(basic_conn: None) -> None:
@@ -890,7 +928,7 @@ def test_settings_from_connection_object_repr() -> None:
     from airflow.sdk import Connection
 
     conn = Connection(conn_id="c", conn_type="tes", host="tes.test", login=USER, password=PASSWORD)
-    settings = TesConnectionSettings.from_connection(conn)
+    settings = TesConnection.from_airflow(conn)
     assert settings.secret == PASSWORD
     assert settings.auth_type == "basic"
     assert_no_secret(repr(settings), str(settings), settings.describe_credential())

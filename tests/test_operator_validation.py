@@ -42,6 +42,12 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> None:
         json.dumps({**base, "extra": {"outputs_url": "s3://bucket/out/", "inputs_url": "s3://bucket/in/"}}),
     )
     monkeypatch.setenv("AIRFLOW_CONN_TES_NO_URLS", json.dumps(base))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TES_ALLOW_LIST",
+        json.dumps(
+            {**base, "extra": {"outputs_url": "s3://b/out/", "allowed_local_roots": ["/srv", "/data"]}}
+        ),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_NOT_TES", json.dumps({**base, "conn_type": "http"}))
 
 

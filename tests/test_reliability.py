@@ -33,6 +33,7 @@ import structlog.testing
 from airflow_env import AirflowEnv, aws_connection
 from tes_proxy import FAULT_KINDS, TesProxy
 
+from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
     TesAmbiguousCreateError,
     TesAuthError,
@@ -40,7 +41,7 @@ from airflow_provider_tes.exceptions import (
     TesServerUnavailableError,
     TesTaskFailedError,
 )
-from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
+from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
@@ -431,7 +432,7 @@ def test_no_secret_anywhere(test_dags: AirflowEnv, funnel: Any, proxy: TesProxy,
     for conn_id in (DIRECT, PROXIED):
         hook = TesHook(conn_id)
         settings = hook.settings
-        assert isinstance(settings, TesConnectionSettings) and settings.secret == password
+        assert isinstance(settings, TesConnection) and settings.secret == password
         for obj in (hook, settings, settings.httpx_auth(), hook.get_conn()):
             remember(f"{conn_id}: {type(obj).__name__}", repr(obj))
             remember(f"{conn_id}: {type(obj).__name__} str", str(obj))

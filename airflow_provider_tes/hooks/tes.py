@@ -1,307 +1,51 @@
-"""Hook for GA4GH TES servers: one httpx client per hook, sync for workers, async for triggers."""
+"""Hook for GA4GH TES servers: one httpx client per hook, sync for workers, async for triggers.
+
+The hook is a pair of thin twins over one request path: each public call builds a typed
+request (``hooks/_requests.py``), sends it through ``_call`` (sync) or ``_a_call`` (async), and
+``hooks/_http.py`` turns the answer into the request's model or a
+:class:`~airflow_provider_tes.exceptions.TesError`. The twins differ only in how they wait.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Self
 
 import httpx
-import pydantic
 import tenacity
 from airflow.sdk import BaseHook
 
+from airflow_provider_tes.connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RETRY_MAX_WAIT,
+    DEFAULT_RETRY_MIN_WAIT,
+    TesConnection,
+)
 from airflow_provider_tes.exceptions import (
     TesAmbiguousCreateError,
-    TesAuthError,
     TesBadRequestError,
     TesConfigurationError,
     TesError,
-    TesMalformedResponseError,
-    TesNotFoundError,
     TesRequestError,
-    TesServerUnavailableError,
 )
-from airflow_provider_tes.models import (
-    MAX_PAGE_SIZE,
-    TesCreateTaskResponse,
-    TesListTasksResponse,
-    TesModel,
-    TesServiceInfo,
-    TesState,
-    TesTask,
-    TesView,
-    from_minimal_json,
+from airflow_provider_tes.hooks import _requests
+from airflow_provider_tes.hooks._http import (
+    Body,
+    M,
+    Request,
+    Retryable,
+    backoff,
+    deadline_failure,
+    interpret,
+    retry_policy,
+    scrubbed,
+    transport_failure,
 )
-
-DEFAULT_API_PATH = "/ga4gh/tes/v1"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRIES = 5
-DEFAULT_MAX_CONCURRENCY = 10
-DEFAULT_POLL_INTERVAL = 5.0
-#: Longest single backoff sleep, and the longest Retry-After the hook will honour.
-DEFAULT_RETRY_MAX_WAIT = 30.0
-
-_M = TypeVar("_M", bound=TesModel)
-
-
-class _BearerAuth(httpx.Auth):
-    """Static bearer token; its repr never shows the token."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(token=***)"
-
-
-def _as_bool(value: Any, name: str, conn_id: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"true", "1", "yes", "on"}:
-        return True
-    if text in {"false", "0", "no", "off"}:
-        return False
-    raise TesConfigurationError(
-        f"connection {conn_id!r}: extra {name!r} must be true or false, got {value!r}"
-    )
-
-
-def _as_number(value: Any, name: str, conn_id: str, *, integer: bool = False, minimum: float = 0) -> Any:
-    try:
-        number = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if integer else "a number"
-        raise TesConfigurationError(
-            f"connection {conn_id!r}: extra {name!r} must be {kind}, got {value!r}"
-        ) from None
-    if number < minimum:
-        raise TesConfigurationError(
-            f"connection {conn_id!r}: extra {name!r} must be >= {minimum}, got {value!r}"
-        )
-    return number
-
-
-@dataclass(frozen=True)
-class TesConnectionSettings:
-    """Everything the hook needs from an Airflow connection, validated once.
-
-    ``host`` is the TES base URL. A host without scheme means https (``protocol`` extra
-    overrides, for the URI form of a connection), a URL without path means
-    ``/ga4gh/tes/v1``; in the URI form the path arrives as ``schema``.
-    """
-
-    conn_id: str
-    base_url: str
-    auth_type: str
-    login: str | None = field(default=None)
-    secret: str | None = field(default=None, repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    verify: bool | str = True
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    inputs_url: str | None = None
-    outputs_url: str | None = None
-    aws_conn_id: str | None = None
-    task_link_template: str | None = None
-    token_url: str | None = None
-    scope: str | None = None
-
-    @classmethod
-    def from_connection(cls, conn: Any) -> Self:
-        conn_id = conn.conn_id
-        if conn.conn_type and conn.conn_type != "tes":
-            raise TesConfigurationError(
-                f"connection {conn_id!r} has type {conn.conn_type!r}; "
-                "TesHook needs a connection of type 'tes'"
-            )
-        extra: Mapping[str, Any] = conn.extra_dejson or {}
-        base_url = cls._base_url(conn, extra)
-        token = extra.get("token") or None
-        auth_type = (extra.get("auth_type") or "").strip().lower()
-        if auth_type in ("", "auto"):
-            auth_type = "bearer" if token else ("basic" if conn.login else "none")
-        if auth_type not in {"none", "basic", "bearer", "oauth2"}:
-            raise TesConfigurationError(
-                f"connection {conn_id!r}: auth_type must be one of none, basic, bearer, oauth2 "
-                f"(got {auth_type!r})"
-            )
-        secret: str | None = None
-        if auth_type == "basic":
-            if not conn.login:
-                raise TesConfigurationError(f"connection {conn_id!r}: basic auth needs a login (username)")
-            secret = conn.password or ""
-        elif auth_type == "bearer":
-            secret = token or conn.password
-            if not secret:
-                raise TesConfigurationError(
-                    f"connection {conn_id!r}: bearer auth needs a token (extra 'token' or the password field)"
-                )
-        elif auth_type == "oauth2":
-            if not (extra.get("token_url") and conn.login and conn.password):
-                raise TesConfigurationError(
-                    f"connection {conn_id!r}: oauth2 needs extra 'token_url', the client id as login "
-                    "and the client secret as password"
-                )
-            secret = conn.password
-        if secret:
-            _mask(secret)
-        verify: bool | str = _as_bool(extra.get("verify", True), "verify", conn_id)
-        if extra.get("ca_bundle"):
-            verify = str(extra["ca_bundle"])
-        return cls(
-            conn_id=conn_id,
-            base_url=base_url,
-            auth_type=auth_type,
-            login=conn.login if auth_type in ("basic", "oauth2") else None,
-            secret=secret,
-            timeout=_as_number(extra.get("timeout", DEFAULT_TIMEOUT), "timeout", conn_id, minimum=0.001),
-            retries=_as_number(extra.get("retries", DEFAULT_RETRIES), "retries", conn_id, integer=True),
-            max_concurrency=_as_number(
-                extra.get("max_concurrency", DEFAULT_MAX_CONCURRENCY),
-                "max_concurrency",
-                conn_id,
-                integer=True,
-                minimum=1,
-            ),
-            verify=verify,
-            poll_interval=_as_number(
-                extra.get("poll_interval", DEFAULT_POLL_INTERVAL), "poll_interval", conn_id, minimum=0.001
-            ),
-            inputs_url=extra.get("inputs_url") or None,
-            outputs_url=extra.get("outputs_url") or None,
-            aws_conn_id=extra.get("aws_conn_id") or None,
-            task_link_template=extra.get("task_link_template") or None,
-            token_url=extra.get("token_url") or None,
-            scope=extra.get("scope") or None,
-        )
-
-    @staticmethod
-    def _base_url(conn: Any, extra: Mapping[str, Any]) -> str:
-        host = (conn.host or "").strip()
-        if not host:
-            raise TesConfigurationError(
-                f"connection {conn.conn_id!r} has no host: set it to the TES base URL, "
-                "e.g. https://tes.example.org/ga4gh/tes/v1"
-            )
-        if "://" not in host:
-            host = f"{extra.get('protocol') or 'https'}://{host}"
-        parts = urlsplit(host)
-        if parts.scheme not in {"http", "https"}:
-            raise TesConfigurationError(
-                f"connection {conn.conn_id!r}: the TES URL must be http or https, got {parts.scheme!r}"
-            )
-        netloc = parts.hostname or ""
-        if ":" in netloc:  # IPv6 literal
-            netloc = f"[{netloc}]"
-        port = parts.port or conn.port
-        if port:
-            netloc = f"{netloc}:{port}"
-        path = parts.path.rstrip("/")
-        if not path and conn.schema:
-            path = "/" + conn.schema.strip("/")
-        if not path:
-            path = DEFAULT_API_PATH
-        # userinfo is dropped on purpose: credentials live in login/password only, so
-        # the URL can appear in every message and log line.
-        return urlunsplit((parts.scheme, netloc, path, "", ""))
-
-    def tls_verify(self) -> bool | str:
-        """What httpx should verify; nothing when no URL the client talks to is https.
-
-        Building a verifying SSL context costs tens of milliseconds per client, most of a
-        plain-HTTP submit, so it is skipped when no request can use TLS (redirects are off).
-        """
-        urls = [self.base_url, self.token_url if self.auth_type == "oauth2" else None]
-        if not any(url and url.lower().startswith("https:") for url in urls):
-            return False
-        return self.verify
-
-    def httpx_auth(self) -> httpx.Auth | None:
-        if self.auth_type == "basic":
-            return httpx.BasicAuth(self.login or "", self.secret or "")
-        if self.auth_type == "bearer":
-            return _BearerAuth(self.secret or "")
-        if self.auth_type == "oauth2":
-            from airflow_provider_tes.auth import OAuth2ClientCredentials
-
-            return OAuth2ClientCredentials(
-                token_url=self.token_url or "",
-                client_id=self.login or "",
-                client_secret=self.secret or "",
-                scope=self.scope,
-            )
-        return None
-
-    def describe_credential(self) -> str:
-        if self.auth_type == "basic":
-            return f"the login/password (user {self.login!r}) of connection {self.conn_id!r}"
-        if self.auth_type == "bearer":
-            return f"the bearer token of connection {self.conn_id!r}"
-        if self.auth_type == "oauth2":
-            return (
-                f"the OAuth2 client {self.login!r} (token from {self.token_url}) "
-                f"of connection {self.conn_id!r}"
-            )
-        return f"connection {self.conn_id!r}, which sends no credentials (set a login/password or token)"
-
-
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-    except ImportError:  # pragma: no cover - Airflow always has it; masking is best effort
-        pass
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One TES call; ``idempotent`` says whether resending it can never do harm."""
-
-    method: str
-    path: str
-    params: list[tuple[str, str | int | float | bool | None]] | None = None
-    body: dict[str, Any] | None = None
-    idempotent: bool = True
-
-
-class _Retryable(Exception):
-    """A failure worth another try; ``error`` is what to raise when tries run out."""
-
-    def __init__(self, error: TesRequestError, retry_after: float | None = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-# Failures where the request certainly never reached the server: always safe to resend.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesView
+from airflow_provider_tes.redaction import Scrubber
 
 
 class TesHook(BaseHook):
@@ -311,9 +55,19 @@ class TesHook(BaseHook):
     Each side keeps one pooled httpx client for the life of the hook; close it with
     :meth:`close` / :meth:`aclose` or use the hook as a (async) context manager.
 
-    Retries: transport errors, timeouts, 429 (Retry-After honoured) and 500/502/503/504 are
+    Retries: transport errors, timeouts, 429 (Retry-After honoured) and 5xx but 501/505 are
     retried with jittered exponential backoff when resending cannot do harm. A create that
     may have reached the server is never blindly resent, see :meth:`create_task`.
+
+    Concurrency: at most ``max_concurrency`` requests of one client are in flight; the rest
+    wait at a semaphore (the *gate*) in front of httpx's pool, with no time limit. Each request's
+    deadline (``timeout``, the whole exchange) starts when it passes the gate, so a burst larger
+    than the cap queues instead of spending its deadline in httpx's pool queue. Measured
+    (``tests/test_hook_concurrency.py``: 16 requests, cap 2, 0.3 s answers, timeout 1 s): with
+    the gate all succeed in 2.5 s; with httpx's ``Limits`` alone 10 of 16 fail with
+    :class:`~airflow_provider_tes.exceptions.TesRequestTimeoutError` after 1 s. (httpcore 1.0's
+    own pool timeout does not fire in that burst, so the pool alone queues without a bound.)
+    The gate also caps transports that have no pool, such as ``httpx.MockTransport``.
     """
 
     conn_name_attr = "tes_conn_id"
@@ -329,7 +83,7 @@ class TesHook(BaseHook):
         retries: int | None = None,
         max_concurrency: int | None = None,
         retry_max_wait: float = DEFAULT_RETRY_MAX_WAIT,
-        retry_min_wait: float = 0.5,
+        retry_min_wait: float = DEFAULT_RETRY_MIN_WAIT,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -340,42 +94,40 @@ class TesHook(BaseHook):
         self.retry_min_wait = retry_min_wait
         self._transport = transport
         self._async_transport = async_transport
-        self._settings: TesConnectionSettings | None = None
+        self._settings: TesConnection | None = None
         self._client: httpx.Client | None = None
         self._gate: threading.BoundedSemaphore | None = None
         self._async_client: httpx.AsyncClient | None = None
         self._async_gate: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
+        #: Knows every credential this hook has read or been issued; see :meth:`_call`.
+        self._scrub = Scrubber()
 
     def __repr__(self) -> str:
         return f"TesHook(tes_conn_id={self.tes_conn_id!r})"
 
-    # -- settings -------------------------------------------------------------------------------
+    # -- the connection ---------------------------------------------------------------------------
 
-    def _apply_overrides(self, settings: TesConnectionSettings) -> TesConnectionSettings:
+    def _read(self, conn: Any) -> TesConnection:
         changes = {k: v for k, v in self._overrides.items() if v is not None}
-        if not changes:
-            return settings
-        import dataclasses
-
-        return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+        settings = TesConnection.from_airflow(conn)
+        self._scrub.add(settings.secret, login=settings.login if settings.auth_type == "basic" else None)
+        return settings.model_copy(update=changes) if changes else settings
 
     @property
-    def settings(self) -> TesConnectionSettings:
-        """Connection settings, read once (sync; the triggerer uses :meth:`a_settings`)."""
+    def settings(self) -> TesConnection:
+        """The connection, read once (sync; the triggerer uses :meth:`a_settings`)."""
         if self._settings is None:
-            self._settings = self._apply_overrides(
-                TesConnectionSettings.from_connection(self._lookup_connection(self.tes_conn_id))
-            )
+            self._settings = self._read(self._lookup_connection(self.tes_conn_id))
         return self._settings
 
-    async def a_settings(self) -> TesConnectionSettings:
+    async def a_settings(self) -> TesConnection:
         if self._settings is None:
             try:
                 conn = await self.aget_connection(self.tes_conn_id)
             except Exception as err:
                 raise self._unknown_connection(err) from err
-            self._settings = self._apply_overrides(TesConnectionSettings.from_connection(conn))
+            self._settings = self._read(conn)
         return self._settings
 
     def _lookup_connection(self, conn_id: str) -> Any:
@@ -392,17 +144,47 @@ class TesHook(BaseHook):
             f"Airflow UI, or as AIRFLOW_CONN_{self.tes_conn_id.upper()} (JSON or tes:// URI)"
         )
 
+    def reload(self) -> TesConnection:
+        """Read the connection again and rebuild the sync client with it (on its next use).
+
+        For a long-lived caller after a credential rotation: the old client is closed, so call
+        it between requests. The async side has :meth:`a_reload`; each side rebuilds only its
+        own client, and both then read the new connection.
+        """
+        settings = self._read(self._lookup_connection(self.tes_conn_id))
+        with self._lock:
+            old, self._client = self._client, None
+            self._settings = settings
+        if old is not None:
+            old.close()
+        return settings
+
+    async def a_reload(self) -> TesConnection:
+        """Read the connection again and rebuild the async client with it (see :meth:`reload`)."""
+        try:
+            conn = await self.aget_connection(self.tes_conn_id)
+        except Exception as err:
+            raise self._unknown_connection(err) from err
+        settings = self._read(conn)
+        old, self._async_client = self._async_client, None
+        self._settings = settings
+        if old is not None:
+            await old.aclose()
+        return settings
+
     @property
     def base_url(self) -> str:
         return self.settings.base_url
 
-    # -- clients --------------------------------------------------------------------------------
+    # -- clients ----------------------------------------------------------------------------------
 
-    def _client_kwargs(self, settings: TesConnectionSettings) -> dict[str, Any]:
+    def _client_kwargs(self, settings: TesConnection) -> dict[str, Any]:
         return {
             "base_url": settings.base_url + "/",
-            "auth": settings.httpx_auth(),
-            "timeout": httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+            "auth": settings.httpx_auth(on_token=self._scrub.add),
+            "timeout": httpx.Timeout(
+                settings.timeout, connect=min(settings.timeout, DEFAULT_CONNECT_TIMEOUT)
+            ),
             "verify": settings.tls_verify(),
             "limits": httpx.Limits(
                 max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
@@ -455,240 +237,96 @@ class TesHook(BaseHook):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- the one request path -------------------------------------------------------------------
+    # -- the one request path, twice ----------------------------------------------------------------
 
-    def _backoff(self) -> tenacity.wait_exponential_jitter:
-        return tenacity.wait_exponential_jitter(
-            multiplier=self.retry_min_wait, max=self.retry_max_wait, jitter=self.retry_min_wait
-        )
+    def _retrying(self, settings: TesConnection) -> dict[str, Any]:
+        return retry_policy(settings.retries, self.retry_min_wait, self.retry_max_wait, self.log, self._scrub)
 
-    def _retry_policy(self, retries: int) -> dict[str, Any]:
-        backoff = self._backoff()
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            delay = backoff(state)
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _Retryable) and exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, self.retry_max_wait))
-            return float(delay)
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            self.log.warning(
-                "TES request failed (%s); retry %d of %d in %.1fs",
-                exc,
-                state.attempt_number,
-                retries,
-                state.next_action.sleep if state.next_action else 0.0,
-            )
-
-        return {
-            "stop": tenacity.stop_after_attempt(retries + 1),
-            "wait": wait,
-            "retry": tenacity.retry_if_exception_type(_Retryable),
-            "before_sleep": before_sleep,
-            "reraise": True,
-        }
-
-    def _describe(self, req: _Request, settings: TesConnectionSettings) -> str:
-        return f"{req.method} {settings.base_url}/{req.path}"
-
-    def _transport_failure(
-        self, req: _Request, err: httpx.HTTPError, settings: TesConnectionSettings
-    ) -> Exception:
-        where = self._describe(req, settings)
-        url = f"{settings.base_url}/{req.path}"
-        kind = type(err).__name__
-        if isinstance(err, _NOT_SENT) or req.idempotent:
-            return _Retryable(
-                TesServerUnavailableError(f"{where} failed: {kind}: {err}", method=req.method, url=url)
-            )
-        return TesAmbiguousCreateError(
-            f"{where} failed after the request may have reached the server ({kind}: {err})",
-            method=req.method,
-            url=url,
-        )
-
-    def _interpret(self, req: _Request, response: httpx.Response, settings: TesConnectionSettings) -> Any:
-        """Turn a response into parsed JSON or the right error; one place for status handling."""
-        status = response.status_code
-        url = f"{settings.base_url}/{req.path}"
-        where = f"{self._describe(req, settings)} -> HTTP {status}"
-        if 200 <= status < 300:
-            if _asks_minimal(req):
-                return response.content  # _parse takes only id and state out of it
-            try:
-                return response.json()
-            except (ValueError, RecursionError):
-                raise TesMalformedResponseError(
-                    f"{where}: the body is not JSON: {_preview(response)!r}",
-                    method=req.method,
-                    url=url,
-                    status_code=status,
-                ) from None
-        detail = _server_message(response)
-        if status in (401, 403):
-            raise TesAuthError(
-                f"{where}: the TES server rejected {settings.describe_credential()}"
-                + (f": {detail}" if detail else ""),
-                method=req.method,
-                url=url,
-                status_code=status,
-            )
-        if status == 404:
-            raise TesNotFoundError(
-                f"{where}: not found {detail}".rstrip(), method=req.method, url=url, status_code=status
-            )
-        if status in _RETRY_STATUSES:
-            error_cls = TesServerUnavailableError
-            if status != 429 and not req.idempotent:
-                raise TesAmbiguousCreateError(
-                    f"{where}: the server may or may not have made the task {detail}".rstrip(),
-                    method=req.method,
-                    url=url,
-                    status_code=status,
-                )
-            raise _Retryable(
-                error_cls(f"{where} {detail}".rstrip(), method=req.method, url=url, status_code=status),
-                retry_after=_parse_retry_after(response.headers.get("Retry-After")),
-            )
-        if status >= 500:
-            raise TesServerUnavailableError(
-                f"{where} {detail}".rstrip(), method=req.method, url=url, status_code=status
-            )
-        raise TesBadRequestError(
-            f"{where}: the server refused the request: {detail or response.reason_phrase}",
-            method=req.method,
-            url=url,
-            status_code=status,
-        )
-
-    def _call(self, req: _Request) -> Any:
+    def _call(self, req: Request[M]) -> M:
         client = self.get_conn()
         settings = self.settings
         assert self._gate is not None
         try:
-            for attempt in tenacity.Retrying(**self._retry_policy(settings.retries)):
+            for attempt in tenacity.Retrying(**self._retrying(settings)):
                 with attempt:
                     with self._gate:
                         try:
-                            response = client.request(req.method, req.path, params=req.params, json=req.body)
+                            response, body = self._exchange(client, req, settings)
                         except httpx.HTTPError as err:
-                            raise self._transport_failure(req, err, settings) from err
-                    return self._interpret(req, response, settings)
-        except _Retryable as final:
-            raise final.error from final
+                            # not chained: the httpx error's text may quote a header
+                            raise transport_failure(req, err, settings) from None
+                        except TimeoutError:
+                            raise deadline_failure(req, settings) from None
+                    return interpret(req, response, body, settings)
+        except Retryable as final:
+            raise scrubbed(final.error, self._scrub) from None
+        except TesRequestError as err:
+            raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _a_call(self, req: _Request) -> Any:
+    async def _a_call(self, req: Request[M]) -> M:
         client = await self.a_get_conn()
         settings = await self.a_settings()
         assert self._async_gate is not None
         try:
-            async for attempt in tenacity.AsyncRetrying(**self._retry_policy(settings.retries)):
+            async for attempt in tenacity.AsyncRetrying(**self._retrying(settings)):
                 with attempt:
                     async with self._async_gate:
                         try:
-                            response = await client.request(
-                                req.method, req.path, params=req.params, json=req.body
-                            )
+                            async with asyncio.timeout(settings.timeout):
+                                response, body = await self._a_exchange(client, req, settings)
                         except httpx.HTTPError as err:
-                            raise self._transport_failure(req, err, settings) from err
-                    return self._interpret(req, response, settings)
-        except _Retryable as final:
-            raise final.error from final
+                            raise transport_failure(req, err, settings) from None
+                        except TimeoutError:
+                            raise deadline_failure(req, settings) from None
+                    return interpret(req, response, body, settings)
+        except Retryable as final:
+            raise scrubbed(final.error, self._scrub) from None
+        except TesRequestError as err:
+            raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _parse(self, model: type[_M], data: Any, req: _Request) -> _M:
-        url = f"{self._settings.base_url if self._settings else ''}/{req.path}"
+    @staticmethod
+    def _exchange(
+        client: httpx.Client, req: Request[M], settings: TesConnection
+    ) -> tuple[httpx.Response, bytes]:
+        """Send ``req`` and read its answer within the bounds (see ``_http.Body``)."""
+        deadline = time.monotonic() + settings.timeout
+        request = client.build_request(req.method, req.path, params=req.params, json=req.body)
+        response = client.send(request, stream=True)
         try:
-            if _asks_minimal(req) and issubclass(model, TesTask | TesListTasksResponse):
-                return cast(_M, from_minimal_json(cast(Any, model), data))
-            return model.from_response(data)
-        except (pydantic.ValidationError, TypeError, ValueError) as err:
-            not_json = isinstance(err, pydantic.ValidationError) and err.errors()[0]["type"] == "json_invalid"
-            if _asks_minimal(req) and not_json:
-                problem = f"the body is not JSON: {bytes(data[:200]).decode('utf-8', 'replace')!r}"
-            else:
-                problem = f"the answer is not a valid TES {model.__name__}: {_short(err)}"
-            raise TesMalformedResponseError(
-                f"{req.method} {url}: {problem}", method=req.method, url=url
-            ) from None
-
-    # -- request builders (shared by sync and async) ----------------------------------------------
+            body = Body(req, settings, response, deadline)
+            for chunk in response.iter_bytes():
+                body.feed(chunk)
+            return response, body.content
+        finally:
+            response.close()
 
     @staticmethod
-    def _task_path(task_id: str, suffix: str = "") -> str:
-        if not task_id:
-            raise TesConfigurationError("task_id must be a non-empty TES task id")
-        return f"tasks/{quote(task_id, safe='')}{suffix}"
-
-    def _get_task_request(self, task_id: str, view: TesView | str) -> _Request:
-        return _Request("GET", self._task_path(task_id), params=[("view", _enum(TesView, view, "view"))])
-
-    def _cancel_request(self, task_id: str) -> _Request:
-        # Canceling twice is harmless, so the cancel call is retried like a read.
-        return _Request("POST", self._task_path(task_id, ":cancel"), body={})
-
-    @staticmethod
-    def _list_params(
-        name_prefix: str | None,
-        state: TesState | str | None,
-        tags: Mapping[str, str] | None,
-        view: TesView | str,
-        page_size: int | None,
-    ) -> list[tuple[str, str | int | float | bool | None]]:
-        if page_size is not None and not 0 < page_size < MAX_PAGE_SIZE:
-            raise TesConfigurationError(
-                f"page_size must be between 1 and {MAX_PAGE_SIZE - 1}, got {page_size}"
-            )
-        params: list[tuple[str, str | int | float | bool | None]] = [("view", _enum(TesView, view, "view"))]
-        if name_prefix:
-            params.append(("name_prefix", name_prefix))
-        if state:
-            params.append(("state", _enum(TesState, state, "state")))
-        for key, value in (tags or {}).items():
-            params.append(("tag_key", key))
-            params.append(("tag_value", value))
-        if page_size:
-            params.append(("page_size", str(page_size)))
-        return params
-
-    def _next_token(self, page: TesListTasksResponse, seen: set[str], req: _Request) -> str | None:
-        """The token of the next page; ``None`` at the end (empty token or empty page).
-
-        A token seen before would page forever, so it is a malformed answer.
-        """
-        token = page.next_page_token
-        if not token or not page.tasks:
-            return None
-        if token in seen:
-            raise TesMalformedResponseError(
-                f"{req.method} {self.base_url}/{req.path}: the server repeated page token {token!r}",
-                method=req.method,
-                url=f"{self.base_url}/{req.path}",
-            )
-        seen.add(token)
-        return token
-
-    @staticmethod
-    def _page_request(
-        params: list[tuple[str, str | int | float | bool | None]], token: str | None
-    ) -> _Request:
-        return _Request("GET", "tasks", params=[*params, ("page_token", token)] if token else params)
+    async def _a_exchange(
+        client: httpx.AsyncClient, req: Request[M], settings: TesConnection
+    ) -> tuple[httpx.Response, bytes]:
+        deadline = time.monotonic() + settings.timeout
+        request = client.build_request(req.method, req.path, params=req.params, json=req.body)
+        response = await client.send(request, stream=True)
+        try:
+            body = Body(req, settings, response, deadline)
+            async for chunk in response.aiter_bytes():
+                body.feed(chunk)
+            return response, body.content
+        finally:
+            await response.aclose()
 
     # -- sync API -----------------------------------------------------------------------------------
 
     def get_service_info(self) -> TesServiceInfo:
-        req = _Request("GET", "service-info")
-        return self._parse(TesServiceInfo, self._call(req), req)
+        return self._call(_requests.service_info())
 
     def get_task(self, task_id: str, view: TesView | str = TesView.MINIMAL) -> TesTask:
-        req = self._get_task_request(task_id, view)
-        return self._parse(TesTask, self._call(req), req)
+        return self._call(_requests.get_task(task_id, view))
 
     def cancel_task(self, task_id: str) -> None:
-        self._call(self._cancel_request(task_id))
+        self._call(_requests.cancel_task(task_id))
 
     def list_tasks(
         self,
@@ -699,15 +337,13 @@ class TesHook(BaseHook):
         page_size: int | None = None,
     ) -> Iterator[TesTask]:
         """Every matching task, following page tokens until an empty token or empty page."""
-        params = self._list_params(name_prefix, state, tags, view, page_size)
-        token: str | None = None
-        seen: set[str] = set()
+        params = _requests.list_params(name_prefix, state, tags, view, page_size)
+        pager = _requests.Pager(params, self.settings)
         while True:
-            req = self._page_request(params, token)
-            page = self._parse(TesListTasksResponse, self._call(req), req)
-            yield from page.tasks
-            token = self._next_token(page, seen, req)
-            if token is None:
+            req = pager.request()
+            page = self._call(req)
+            yield from pager.fresh(page, req)
+            if not pager.advance(page, req):
                 return
 
     def create_task(self, task: TesTask) -> str:
@@ -719,25 +355,33 @@ class TesHook(BaseHook):
         operator gives every task a name unique to the Airflow try, which is what makes the
         lookup exact. A nameless task cannot be looked up, so its ambiguous failure is raised.
         """
-        body = task.to_request()
-        req = _Request("POST", "tasks", body=body, idempotent=False)
-        settings = self.settings
-        backoff = self._backoff()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._parse(TesCreateTaskResponse, self._call(req), req).id
-            except TesAmbiguousCreateError as err:
-                if not task.name or attempt > settings.retries:
-                    raise
-                self.log.warning("%s; looking the task up by name before resending", err)
-                time.sleep(backoff(cast(tenacity.RetryCallState, _Attempt(attempt))))
-                found = self.find_task_by_identity(task.name, task.tags)
-                if found is not None:
-                    self.log.info("The server had made the task after all: %s", found.id)
-                    assert found.id
-                    return found.id
+        req = _requests.create_task(task)
+        for attempt in tenacity.Retrying(**self._create_policy(task)):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    assert task.name
+                    found = self.find_task_by_identity(task.name, task.tags)
+                    if found is not None:
+                        self.log.info("The server had made the task after all: %s", found.id)
+                        assert found.id
+                        return found.id
+                return self._call(req).id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create_policy(self, task: TesTask) -> dict[str, Any]:
+        """Tries of a create: only ambiguous failures, and only for a task that can be looked up."""
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            self.log.warning("%s; looking the task up by name before resending", err)
+
+        return {
+            "retry": tenacity.retry_if_exception_type(TesAmbiguousCreateError),
+            "stop": tenacity.stop_after_attempt(self.settings.retries + 1 if task.name else 1),
+            "wait": backoff(self.retry_min_wait, self.retry_max_wait),
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
 
     def find_task_by_identity(self, name: str, tags: Mapping[str, str] | None = None) -> TesTask | None:
         """The newest task with exactly this name and (at least) these tags, if any.
@@ -753,7 +397,7 @@ class TesHook(BaseHook):
                 raise
             candidates = list(self.list_tasks(name_prefix=name, view=TesView.BASIC))
         for candidate in candidates:
-            if candidate.name == name and _has_tags(candidate, tags):
+            if candidate.name == name and _requests.has_tags(candidate, tags):
                 return candidate
         return None
 
@@ -767,15 +411,13 @@ class TesHook(BaseHook):
     # -- async API ----------------------------------------------------------------------------------
 
     async def a_get_service_info(self) -> TesServiceInfo:
-        req = _Request("GET", "service-info")
-        return self._parse(TesServiceInfo, await self._a_call(req), req)
+        return await self._a_call(_requests.service_info())
 
     async def a_get_task(self, task_id: str, view: TesView | str = TesView.MINIMAL) -> TesTask:
-        req = self._get_task_request(task_id, view)
-        return self._parse(TesTask, await self._a_call(req), req)
+        return await self._a_call(_requests.get_task(task_id, view))
 
     async def a_cancel_task(self, task_id: str) -> None:
-        await self._a_call(self._cancel_request(task_id))
+        await self._a_call(_requests.cancel_task(task_id))
 
     async def a_list_tasks(
         self,
@@ -785,64 +427,12 @@ class TesHook(BaseHook):
         view: TesView | str = TesView.MINIMAL,
         page_size: int | None = None,
     ) -> AsyncIterator[TesTask]:
-        params = self._list_params(name_prefix, state, tags, view, page_size)
-        token: str | None = None
-        seen: set[str] = set()
+        params = _requests.list_params(name_prefix, state, tags, view, page_size)
+        pager = _requests.Pager(params, await self.a_settings())
         while True:
-            req = self._page_request(params, token)
-            page = self._parse(TesListTasksResponse, await self._a_call(req), req)
-            for task in page.tasks:
+            req = pager.request()
+            page = await self._a_call(req)
+            for task in pager.fresh(page, req):
                 yield task
-            token = self._next_token(page, seen, req)
-            if token is None:
+            if not pager.advance(page, req):
                 return
-
-
-@dataclass
-class _Attempt:
-    """Enough of tenacity's RetryCallState for its wait strategies."""
-
-    attempt_number: int
-
-
-def _enum(kind: type[TesView] | type[TesState], value: Any, argument: str) -> str:
-    try:
-        return str(kind(value).value)
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        raise TesConfigurationError(f"{argument} must be one of {choices}, got {value!r}") from None
-
-
-def _has_tags(task: TesTask, tags: Mapping[str, str] | None) -> bool:
-    have = task.tags or {}
-    return all(have.get(k) == v for k, v in (tags or {}).items())
-
-
-def _asks_minimal(req: _Request) -> bool:
-    return ("view", TesView.MINIMAL.value) in (req.params or [])
-
-
-def _preview(response: httpx.Response, size: int = 200) -> str:
-    """The start of a body for a message, whatever charset the server claimed."""
-    return response.content[:size].decode("utf-8", "replace")
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except (ValueError, RecursionError):
-        return _preview(response, 500).strip()
-    if isinstance(data, dict):
-        for key in ("message", "msg", "error", "detail"):
-            if data.get(key):
-                return str(data[key])[:500]
-    return str(data)[:500]
-
-
-def _short(err: Exception) -> str:
-    if isinstance(err, pydantic.ValidationError):
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        return f"{loc or 'body'}: {first.get('msg')}{more}"
-    return str(err)

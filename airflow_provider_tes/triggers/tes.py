@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_tes.connection import DEFAULT_POLL_INTERVAL
 from airflow_provider_tes.events import EventStatus, TesTaskEvent
 from airflow_provider_tes.exceptions import (
     TesError,
@@ -42,7 +43,7 @@ class TesTaskTrigger(BaseTrigger):
         self,
         tes_task_id: str,
         tes_conn_id: str = TesHook.default_conn_name,
-        poll_interval: float = 5.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         deadline: float | None = None,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
         started_at: float | None = None,

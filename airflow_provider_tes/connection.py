@@ -1,0 +1,441 @@
+"""The TES connection, read from Airflow once: the single home of every connection default.
+
+Two models, because an Airflow connection has two layers:
+
+* :class:`TesConnectionExtras` is the connection's *extra* JSON as the provider reads it: every
+  key, its type, default and help text, declared once. The connection form in Airflow's UI
+  (``conn-fields`` in the provider info) is generated from it by :func:`connection_form_fields`,
+  so the form and the parser cannot disagree.
+* :class:`TesConnection` is what the rest of the provider uses: the base URL resolved, the auth
+  type decided, the credential picked, every number checked. It is frozen; a changed connection
+  is read again (see :meth:`~airflow_provider_tes.hooks.tes.TesHook.reload`), never patched.
+
+Airflow's providers manager imports this module (through ``get_provider_info``) while Airflow
+itself is still initialising, so nothing here imports ``airflow`` at module level: the error
+class is imported where an error is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from airflow_provider_tes.redaction import display_url, mask
+
+if TYPE_CHECKING:
+    import httpx
+
+    from airflow_provider_tes.exceptions import TesConfigurationError
+
+DEFAULT_API_PATH = "/ga4gh/tes/v1"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 5
+DEFAULT_MAX_CONCURRENCY = 10
+DEFAULT_POLL_INTERVAL = 5.0
+#: Largest answer body read (bytes, after content decoding); a larger one is an error.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Most pages one listing may take; a server handing out tokens forever is stopped there.
+DEFAULT_MAX_PAGES = 1000
+#: Longest single backoff sleep, and the longest Retry-After the hook will honour.
+DEFAULT_RETRY_MAX_WAIT = 30.0
+#: Shortest backoff step (seconds); the n-th retry waits about ``2**n`` of them, plus jitter.
+DEFAULT_RETRY_MIN_WAIT = 0.5
+#: Longest connect phase of a request (seconds), when ``timeout`` is longer.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+AuthType = Literal["none", "basic", "bearer", "oauth2"]
+AUTH_TYPES: tuple[AuthType, ...] = ("none", "basic", "bearer", "oauth2")
+
+
+# -- extras: how one value of the extra JSON is read --------------------------------------------------
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def _number(*, integer: bool = False, minimum: float = 0) -> Callable[[Any], float | int]:
+    def read(value: Any) -> float | int:
+        try:
+            number = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be {'an integer' if integer else 'a number'}, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value!r}")
+        return number
+
+    return read
+
+
+def _text(value: Any) -> str | None:
+    """Optional text: blank means unset."""
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _auth_type(value: Any) -> str:
+    text = str(value or "").strip().lower()
+    text = text or "auto"
+    if text not in ("auto", *AUTH_TYPES):
+        raise ValueError(f"auth_type must be one of {', '.join(AUTH_TYPES)} (got {text!r})")
+    return text
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Seconds = Annotated[float, BeforeValidator(_number(minimum=0.001))]
+Count = Annotated[int, BeforeValidator(_number(integer=True))]
+PositiveCount = Annotated[int, BeforeValidator(_number(integer=True, minimum=1))]
+Text = Annotated[str | None, BeforeValidator(_text)]
+
+
+def _roots(value: Any) -> str | None:
+    """A list of directories, given in the JSON extra as a list or as one comma-separated string."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return _text(value)
+
+
+class TesConnectionExtras(BaseModel):
+    """Every key of the connection's extra JSON that the provider reads, with its form metadata.
+
+    ``title`` is the form label and ``description`` its help text; the JSON schema of this model
+    becomes the connection form. Unknown keys are ignored (Airflow's UI adds its own).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    auth_type: Annotated[
+        Literal["auto", "none", "basic", "bearer", "oauth2"], BeforeValidator(_auth_type)
+    ] = Field(
+        "auto",
+        title="Auth type",
+        description="none, basic (login/password), bearer (token below, or the password field) or "
+        "oauth2 (client credentials: client id as login, secret as password, token URL below). "
+        "auto: basic when a login is set, bearer when only a token is.",
+    )
+    token: Text = Field(
+        None,
+        title="Bearer token",
+        description="Static bearer token (kept secret).",
+        repr=False,
+        json_schema_extra={"format": "password"},
+    )
+    token_url: Text = Field(
+        None,
+        title="OAuth2 token URL",
+        description="Client-credentials token endpoint (auth type oauth2); "
+        "tokens are renewed before they expire.",
+    )
+    scope: Text = Field(None, title="OAuth2 scope", description="Scope requested with oauth2 (optional).")
+    verify: Flag = Field(True, title="Verify TLS", description="Verify the server's TLS certificate.")
+    ca_bundle: Text = Field(
+        None, title="CA bundle path", description="PEM file of CAs to trust for the TES URL."
+    )
+    protocol: Text = Field(
+        None,
+        title="Protocol",
+        description="http or https, for a host given without scheme (default https).",
+    )
+    timeout: Seconds = Field(
+        DEFAULT_TIMEOUT,
+        title="Timeout (s)",
+        description="Longest time one request may take, its whole answer included.",
+    )
+    retries: Count = Field(
+        DEFAULT_RETRIES, title="Retries", description="Retries of a failed request (jittered backoff)."
+    )
+    max_concurrency: PositiveCount = Field(
+        DEFAULT_MAX_CONCURRENCY,
+        title="Max concurrent requests",
+        description="Cap on simultaneous requests; more wait their turn.",
+    )
+    max_response_bytes: PositiveCount = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        title="Max answer size (bytes)",
+        description="Largest answer the provider reads; a larger one fails like a bad answer.",
+    )
+    max_pages: PositiveCount = Field(
+        DEFAULT_MAX_PAGES,
+        title="Max pages per listing",
+        description="Most pages one task listing may take before it is treated as a bad answer.",
+    )
+    poll_interval: Seconds = Field(
+        DEFAULT_POLL_INTERVAL, title="Poll interval (s)", description="Default seconds between status polls."
+    )
+    inputs_url: Text = Field(
+        None, title="Inputs URL", description="Where local inputs are staged, e.g. s3://bucket/tes/inputs/"
+    )
+    outputs_url: Text = Field(
+        None, title="Outputs URL", description="Where task outputs go, e.g. s3://bucket/tes/outputs/"
+    )
+    aws_conn_id: Text = Field(
+        None, title="AWS connection id", description="Airflow AWS connection used to stage inputs."
+    )
+    allowed_local_roots: Annotated[str | None, BeforeValidator(_roots)] = Field(
+        None,
+        title="Allowed local roots",
+        description="Comma-separated worker directories that local inputs may come from; any other "
+        "local path is refused (recommended when inputs come from run configuration).",
+    )
+    task_link_template: Text = Field(
+        None,
+        title="Task link template",
+        description="URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, "
+        "e.g. {origin}/tasks/{task_id} for Funnel's dashboard.",
+    )
+
+    @classmethod
+    def read(cls, extra: Mapping[str, Any], conn_id: str) -> Self:
+        # Only declared keys are looked up: what is read is what the form shows.
+        present = {key: extra[key] for key in cls.model_fields if key in extra}
+        try:
+            return cls.model_validate(present)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            cause = (first.get("ctx") or {}).get("error")
+            problem = str(cause) if isinstance(cause, ValueError) else str(first["msg"])
+            if key == "auth_type":
+                raise _error(f"connection {conn_id!r}: {problem}") from None
+            raise _error(f"connection {conn_id!r}: extra {key!r} {problem}") from None
+
+
+def connection_form_fields() -> dict[str, dict[str, Any]]:
+    """The ``conn-fields`` of the provider info: one form field per extra key, from the model."""
+    fields: dict[str, dict[str, Any]] = {}
+    for key, prop in TesConnectionExtras.model_json_schema()["properties"].items():
+        variants = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+        schema: dict[str, Any] = {"type": [variants[0]["type"], "null"]}
+        for name in ("enum", "format", "default"):
+            value = prop.get(name, variants[0].get(name))
+            if value is not None:
+                schema[name] = value
+        fields[key] = {"label": prop["title"], "schema": schema, "description": prop["description"]}
+    return fields
+
+
+def _error(message: str) -> TesConfigurationError:
+    from airflow_provider_tes.exceptions import TesConfigurationError
+
+    return TesConfigurationError(message)
+
+
+# -- the connection -------------------------------------------------------------------------------------
+
+
+class TesConnection(BaseModel):
+    """Everything the provider needs from an Airflow connection, validated once.
+
+    ``host`` is the TES base URL. A host without scheme means https (``protocol`` extra
+    overrides, for the URI form of a connection), a URL without path means
+    ``/ga4gh/tes/v1``; in the URI form the path arrives as ``schema``. ``secret`` is the
+    password, token or client secret the auth type uses; it is never in the repr.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    conn_id: str
+    base_url: str
+    auth_type: AuthType
+    login: str | None = None
+    secret: str | None = Field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
+    verify: bool | str = True
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    inputs_url: str | None = None
+    outputs_url: str | None = None
+    aws_conn_id: str | None = None
+    allowed_local_roots: tuple[str, ...] | None = None
+    task_link_template: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+
+    @classmethod
+    def from_airflow(cls, conn: Any) -> Self:
+        """Read an Airflow ``Connection`` (anything with its attributes)."""
+        conn_id = conn.conn_id
+        if conn.conn_type and conn.conn_type != "tes":
+            raise _error(
+                f"connection {conn_id!r} has type {conn.conn_type!r}; "
+                "TesHook needs a connection of type 'tes'"
+            )
+        extras = TesConnectionExtras.read(conn.extra_dejson or {}, conn_id)
+        base_url = _base_url(conn, extras)
+        token = _credential(extras.token, "extra 'token'", conn_id)
+        login = _credential(conn.login, "login", conn_id)
+        password = _credential(conn.password, "password", conn_id)
+        auth_type = extras.auth_type
+        if auth_type == "auto":
+            auth_type = "bearer" if token else ("basic" if login else "none")
+        secret: str | None = None
+        if auth_type == "basic":
+            if not login:
+                raise _error(f"connection {conn_id!r}: basic auth needs a login (username)")
+            secret = password or ""
+        elif auth_type == "bearer":
+            secret = token or password
+            if not secret:
+                raise _error(
+                    f"connection {conn_id!r}: bearer auth needs a token (extra 'token' or the password field)"
+                )
+        elif auth_type == "oauth2":
+            if not (extras.token_url and login and password):
+                raise _error(
+                    f"connection {conn_id!r}: oauth2 needs extra 'token_url', the client id as login "
+                    "and the client secret as password"
+                )
+            _check_url(extras.token_url, "extra 'token_url'", conn_id)
+            secret = password
+        if secret:
+            mask(secret)
+        return cls(
+            conn_id=conn_id,
+            base_url=base_url,
+            auth_type=auth_type,
+            login=login if auth_type in ("basic", "oauth2") else None,
+            secret=secret,
+            timeout=extras.timeout,
+            retries=extras.retries,
+            max_concurrency=extras.max_concurrency,
+            max_response_bytes=extras.max_response_bytes,
+            max_pages=extras.max_pages,
+            verify=extras.ca_bundle or extras.verify,
+            poll_interval=extras.poll_interval,
+            inputs_url=extras.inputs_url,
+            outputs_url=extras.outputs_url,
+            aws_conn_id=extras.aws_conn_id,
+            allowed_local_roots=None
+            if extras.allowed_local_roots is None
+            else tuple(r.strip() for r in extras.allowed_local_roots.split(",") if r.strip()),
+            task_link_template=extras.task_link_template,
+            token_url=extras.token_url,
+            scope=extras.scope,
+        )
+
+    def tls_verify(self) -> bool | str:
+        """What httpx should verify; nothing when no URL the client talks to is https.
+
+        Building a verifying SSL context costs tens of milliseconds per client, most of a
+        plain-HTTP submit, so it is skipped when no request can use TLS (redirects are off).
+        """
+        urls = [self.base_url, self.token_url if self.auth_type == "oauth2" else None]
+        if not any(url and url.lower().startswith("https:") for url in urls):
+            return False
+        return self.verify
+
+    def httpx_auth(self, on_token: Callable[[str], None] | None = None) -> httpx.Auth | None:
+        """The httpx auth of this connection's credential (``None`` for auth type none).
+
+        ``on_token`` is told each OAuth2 access token as it is issued.
+        """
+        import httpx
+
+        from airflow_provider_tes.auth import BearerToken, OAuth2ClientCredentials
+
+        if self.auth_type == "basic":
+            return httpx.BasicAuth(self.login or "", self.secret or "")
+        if self.auth_type == "bearer":
+            return BearerToken(self.secret or "")
+        if self.auth_type == "oauth2":
+            return OAuth2ClientCredentials(
+                token_url=self.token_url or "",
+                client_id=self.login or "",
+                client_secret=self.secret or "",
+                scope=self.scope,
+                on_token=on_token,
+            )
+        return None
+
+    def describe_credential(self) -> str:
+        """Which credential was used, for an auth error; never the credential itself."""
+        if self.auth_type == "basic":
+            return f"the login/password (user {self.login!r}) of connection {self.conn_id!r}"
+        if self.auth_type == "bearer":
+            return f"the bearer token of connection {self.conn_id!r}"
+        if self.auth_type == "oauth2":
+            return (
+                f"the OAuth2 client {self.login!r} (token from {display_url(self.token_url or '')}) "
+                f"of connection {self.conn_id!r}"
+            )
+        return f"connection {self.conn_id!r}, which sends no credentials (set a login/password or token)"
+
+
+def _credential(value: str | None, field: str, conn_id: str) -> str | None:
+    """A login, password or token as pasted, normalised: surrounding whitespace dropped.
+
+    ``cat token.txt`` leaves a newline that h11 refuses to send, and its error quotes the
+    header. A control character inside the value is refused; the message names the field,
+    never the value.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise _error(
+            f"connection {conn_id!r}: the {field} contains control characters (a line break or tab?); "
+            "paste it again without them"
+        )
+    return value or None
+
+
+def _check_url(url: str, field: str, conn_id: str) -> None:
+    """An http(s) URL that parses; the error names the field, never the text (it may hold a password)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _error(f"connection {conn_id!r}: the {field} is not a valid URL (check its port)") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise _error(f"connection {conn_id!r}: the {field} must be an absolute http(s) URL")
+
+
+def _base_url(conn: Any, extras: TesConnectionExtras) -> str:
+    host = (conn.host or "").strip()
+    if not host:
+        raise _error(
+            f"connection {conn.conn_id!r} has no host: set it to the TES base URL, "
+            "e.g. https://tes.example.org/ga4gh/tes/v1"
+        )
+    if "://" not in host:
+        host = f"{extras.protocol or 'https'}://{host}"
+    try:
+        parts = urlsplit(host)
+        url_port = parts.port
+    except ValueError:
+        # The text after ':' may be the start of a password (https://user:pa/ss@host).
+        raise _error(
+            f"connection {conn.conn_id!r}: the host is not a valid URL (check its port; "
+            "credentials belong in login/password, not in the host)"
+        ) from None
+    if parts.scheme not in {"http", "https"}:
+        raise _error(f"connection {conn.conn_id!r}: the TES URL must be http or https, got {parts.scheme!r}")
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal
+        netloc = f"[{netloc}]"
+    port = url_port or conn.port
+    if port:
+        netloc = f"{netloc}:{port}"
+    path = parts.path.rstrip("/")
+    if not path and conn.schema:
+        path = "/" + conn.schema.strip("/")
+    if not path:
+        path = DEFAULT_API_PATH
+    # userinfo is dropped on purpose: credentials live in login/password only, so
+    # the URL can appear in every message and log line.
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
