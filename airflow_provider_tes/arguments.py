@@ -22,14 +22,13 @@ from airflow_provider_tes._local_inputs import check_local_input
 from airflow_provider_tes.container import RESERVED_PATHS
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.models import TesFileType, TesInput, TesOutput
-from airflow_provider_tes.storage import STORE_SCHEMES
 
 #: URL schemes a TES server may fetch inputs from; anything else must be a local path.
 REMOTE_INPUT_SCHEMES = frozenset({"s3", "gs", "http", "https", "ftp", "drs", "az", "abfs"})
 #: URL schemes TES servers write outputs to (http(s) uploads are not part of TES practice).
 OUTPUT_SCHEMES = frozenset({"s3", "gs", "ftp", "az", "abfs", "file"})
-#: Where ``inputs_url`` may point: what the object store can write to.
-STAGING_SCHEMES = STORE_SCHEMES
+#: Where ``inputs_url`` may point: the object stores every TES server can fetch from.
+STAGING_SCHEMES = frozenset({"s3"})
 
 GIB_IN_GB = 1024**3 / 1000**3
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -323,7 +322,16 @@ def validate_preemptible(preemptible: Any) -> int:
     return preemptible
 
 
-def validate_shell(shell: Any) -> str:
+def validate_shell(shell: Any, command: Any) -> str | None:
+    """``None`` runs an argv without a shell (and without the exit-code wrapper)."""
+    if shell is None:
+        if isinstance(command, str):
+            raise argument_error(
+                "shell", "None runs an argv (list) without a shell; a script (str) needs a shell to run it"
+            )
+        return None
     if not isinstance(shell, str) or not shell.startswith("/"):
-        raise argument_error("shell", f"must be an absolute path to a shell in the image, got {shell!r}")
+        raise argument_error(
+            "shell", f"must be an absolute path to a POSIX shell in the image, or None, got {shell!r}"
+        )
     return shell

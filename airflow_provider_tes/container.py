@@ -31,14 +31,19 @@ RESERVED_PATHS = frozenset(
 #: Printed by the wrapper on the executor's own stdout, which servers keep in the task log.
 EXIT_CODE_MARKER = "airflow-provider-tes exit code: "
 
-# The command runs under a small wrapper that keeps its output in the task's files and
-# always exits 0. TES asks servers to upload outputs after a failed executor when
-# `ignore_error` is set, but not all do (Funnel v0.12 stops at EXECUTOR_ERROR and uploads
-# nothing), so the wrapper makes stdout, stderr and the work directory arrive on every
-# server. The real exit code travels in the log marker and in /mnt/task/exit_code.
+# By default the command runs under a small POSIX-shell wrapper that keeps its output in
+# the task's files and always exits 0. TES asks servers to upload outputs after a failed
+# executor when `ignore_error` is set, but not all do (Funnel v0.12 uploads only when every
+# executor succeeded, worker/worker.go), so the wrapper makes stdout, stderr and the work
+# directory arrive on every server. The command's real exit code travels twice: as the last
+# line of the executor's stdout (servers keep it in the task log, which TES makes optional)
+# and as the exit_code output file; the result reads one of them or fails, never guesses.
+# The command's output is copied to the executor's own stdout/stderr after it ends, so TES
+# dashboards and the server's logs show it, not only the marker.
 _WRAPPER = (
-    f'"$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; '
-    f'echo "$rc" >{GUEST_EXIT_CODE_PATH}; echo "{EXIT_CODE_MARKER}$rc"; exit 0'
+    f'"$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; echo "$rc" >{GUEST_EXIT_CODE_PATH}; '
+    f"cat {GUEST_STDOUT_PATH}; cat {GUEST_STDERR_PATH} >&2; "
+    f"printf '\\n{EXIT_CODE_MARKER}%s\\n' \"$rc\"; exit 0"
 )
 
 
@@ -46,25 +51,44 @@ def script_fits_inline(script: str) -> bool:
     return len(script.encode()) <= MAX_INLINE_CONTENT_BYTES
 
 
-def standard_outputs(folder: OutputFolder) -> list[TesOutput]:
-    return [
+def standard_outputs(folder: OutputFolder, *, wrapped: bool = True) -> list[TesOutput]:
+    """The work directory, stdout and stderr; and the wrapper's exit_code file when it runs."""
+    outputs = [
         TesOutput(path=GUEST_WORK_DIR, url=folder.work, type=TesFileType.DIRECTORY),
         TesOutput(path=GUEST_STDOUT_PATH, url=folder.stdout, type=TesFileType.FILE),
         TesOutput(path=GUEST_STDERR_PATH, url=folder.stderr, type=TesFileType.FILE),
-        TesOutput(path=GUEST_EXIT_CODE_PATH, url=folder.exit_code, type=TesFileType.FILE),
     ]
+    if wrapped:
+        outputs.append(TesOutput(path=GUEST_EXIT_CODE_PATH, url=folder.exit_code, type=TesFileType.FILE))
+    return outputs
 
 
 def command_executor(
     *,
     image: str,
     command: str | Sequence[str],
-    shell: str,
+    shell: str | None,
     workdir: str | None,
     env: Mapping[str, str] | None,
 ) -> TesExecutor:
-    """The one executor the operator builds: a script run by ``shell``, or an argv as is,
-    inside the exit-code wrapper (``shell -c WRAPPER airflow-tes ARGV...``)."""
+    """The one executor the operator builds.
+
+    With a ``shell``: a script run by it, or an argv, inside the exit-code wrapper
+    (``shell -c WRAPPER airflow-tes ARGV...``). Without one (``shell=None``, an argv only): the
+    argv as is, its output sent to the standard files by the server (the executor's
+    ``stdout``/``stderr``); its exit code then comes from the server's executor log alone.
+    """
+    if shell is None:
+        assert not isinstance(command, str), "a script needs a shell"
+        return TesExecutor(
+            image=image,
+            command=list(command),
+            workdir=workdir or GUEST_WORK_DIR,
+            stdout=GUEST_STDOUT_PATH,
+            stderr=GUEST_STDERR_PATH,
+            env=dict(env) if env else None,
+            ignore_error=True,
+        )
     inner = [shell, GUEST_COMMAND_PATH] if isinstance(command, str) else list(command)
     return TesExecutor(
         image=image,

@@ -17,21 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tes.container import (
     GUEST_STDOUT_PATH,
-    exit_code_from_file,
-    exit_code_from_log,
 )
-from airflow_provider_tes.exceptions import TesConfigurationError, TesTaskFailedError, TesTaskPreemptedError
+from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
 from airflow_provider_tes.identity import OutputFolder, TaskIdentity
 from airflow_provider_tes.models import TesState, TesTask, TesView
+from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
 from airflow_provider_tes.run_state import RunState
-from airflow_provider_tes.storage import ObjectStoreError, object_store_for, resolve_aws_conn_id
+from airflow_provider_tes.storage import object_store_for, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
 
 if TYPE_CHECKING:
     from airflow_provider_tes.hooks.tes import TesHook
-
-#: How much of an executor's stderr/stdout goes into the task log and error messages.
-TAIL_BYTES = 4096
 
 
 @dataclass
@@ -199,52 +195,33 @@ class TesTaskManager:
 
     def result(self, run_state: RunState, state: TesState) -> dict[str, Any]:
         """The result of a task that ended ``state`` (not PREEMPTED), or the error it ended in."""
-        tes_id = run_state.tes_task_id
-        task = self.hook.get_task(tes_id, view=TesView.FULL)
+        task = self.hook.get_task(run_state.tes_task_id, view=TesView.FULL)
         self.finished_task = task
+        plan = self.plan()
+        try:
+            outcome = read_outcome(
+                task,
+                state,
+                wrapped=plan.wrapped,
+                executors=plan.executors,
+                folder=run_state.output_folder,
+                read_tail=self._read_tail,
+                shell=self.spec.shell,
+            )
+        except TesTaskFailedError:
+            self._log_system_logs(task)
+            raise
+        if outcome.stdout_tail:
+            self.log.info("stdout (tail):\n%s", outcome.stdout_tail[-TAIL_BYTES:])
+        if outcome.stderr_tail:
+            self.log.info("stderr (tail):\n%s", outcome.stderr_tail[-TAIL_BYTES:])
+        self._log_system_logs(task)
+        return self._result(run_state, task, state, outcome.exit_code)
+
+    def _log_system_logs(self, task: TesTask) -> None:
         log = task.last_log
-        executor_log = log.logs[-1] if log and log.logs else None
-        folder = run_state.output_folder
-        system_logs = "\n".join(log.system_logs or []) if log else ""
-        logged_stdout = executor_log.stdout if executor_log else None
-        exit_code: int | None = None
-        if self.spec.executors is None:
-            # The wrapper's marker (or its exit_code file) holds the command's real exit code;
-            # the command's own output is in the uploaded stdout/stderr objects.
-            exit_code = exit_code_from_log(logged_stdout)
-            if exit_code is None and folder is not None:
-                exit_code = exit_code_from_file(self._read_tail(folder.exit_code))
-            stdout_tail = self._read_tail(folder.stdout) if folder else None
-            stderr_tail = self._read_tail(folder.stderr) if folder else None
-        else:
-            stdout_tail = logged_stdout
-            stderr_tail = executor_log.stderr if executor_log else None
-        if exit_code is None and executor_log is not None:
-            exit_code = executor_log.exit_code
-        if stdout_tail:
-            self.log.info("stdout (tail):\n%s", stdout_tail[-TAIL_BYTES:])
-        if stderr_tail:
-            self.log.info("stderr (tail):\n%s", stderr_tail[-TAIL_BYTES:])
-        if system_logs:
-            self.log.info("TES system logs:\n%s", system_logs)
-        where = f"TES task {tes_id} ({task.name or ''})"
-        if state is TesState.COMPLETE and not exit_code:
-            return self._result(run_state, task, state, exit_code)
-        if state in (TesState.COMPLETE, TesState.EXECUTOR_ERROR):
-            tail = (stderr_tail or "")[-TAIL_BYTES:].strip()
-            raise TesTaskFailedError(
-                f"{where} failed in its executor with exit code {exit_code}"
-                + (f"; stderr (tail):\n{tail}" if tail else "; stderr was empty"),
-                task_id=tes_id,
-                state=TesState.EXECUTOR_ERROR.value,
-            )
-        if state is TesState.SYSTEM_ERROR:
-            raise TesTaskFailedError(
-                f"{where} ended SYSTEM_ERROR: {system_logs or 'the server gave no system logs'}",
-                task_id=tes_id,
-                state=state.value,
-            )
-        raise TesTaskFailedError(f"{where} ended {state.value}", task_id=tes_id, state=state.value)
+        if log and log.system_logs:
+            self.log.info("TES system logs:\n%s", "\n".join(log.system_logs))
 
     @staticmethod
     def _result(run_state: RunState, task: TesTask, state: TesState, exit_code: int | None) -> dict[str, Any]:
@@ -265,12 +242,7 @@ class TesTaskManager:
             ],
         }
 
-    def _read_tail(self, url: str) -> str | None:
-        """The end of an uploaded stdout/stderr object, for servers whose logs omit them."""
-        try:
-            store = object_store_for(url, aws_conn_id=self.aws_conn_id)
-            return store.read_tail(url, TAIL_BYTES).decode("utf-8", "replace")
-        except (ObjectStoreError, TesConfigurationError) as err:
-            # The tail is a courtesy; its absence must not fail the task.
-            self.log.debug("Could not read %s: %s", url, err)
-            return None
+    def _read_tail(self, url: str) -> str:
+        """The end of an uploaded object (stdout, stderr, exit_code); raises when it cannot be read."""
+        store = object_store_for(url, aws_conn_id=self.aws_conn_id)
+        return store.read_tail(url, TAIL_BYTES).decode("utf-8", "replace")

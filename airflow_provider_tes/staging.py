@@ -61,9 +61,9 @@ from airflow_provider_tes._local_inputs import (
     manifest,
     prefix_conflicts,
 )
+from airflow_provider_tes.arguments import STAGING_SCHEMES
 from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingError
 from airflow_provider_tes.storage import (
-    STORE_SCHEMES,
     ObjectContentMismatchError,
     ObjectInfo,
     ObjectStore,
@@ -158,7 +158,7 @@ class _Plan:
 def _parse_inputs_url(inputs_url: str) -> str:
     """The prefix URL, ending in ``/``, under which inputs are staged."""
     parts = urlsplit(inputs_url)
-    if parts.scheme not in STORE_SCHEMES or not parts.netloc or parts.query or parts.fragment:
+    if parts.scheme not in STAGING_SCHEMES or not parts.netloc or parts.query or parts.fragment:
         raise TesConfigurationError(
             f"inputs_url must be an s3:// URL naming a bucket and an optional prefix, "
             f"like 's3://bucket/tes/inputs/'; got {inputs_url!r}"

@@ -23,11 +23,12 @@ a composite checksum from S3); moto stores either without checking them, hence t
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from airflow_provider_tes.exceptions import TesConfigurationError, TesError
 
@@ -128,7 +129,61 @@ def _s3_store(aws_conn_id: str | None, **options: Any) -> ObjectStore:
     return S3ObjectStore(aws_conn_id, **options)
 
 
-_STORES: dict[str, Callable[..., ObjectStore]] = {"s3": _s3_store}
+class LocalFileStore(ObjectStore):
+    """``file://`` URLs: what a TES server with local storage (Funnel's ``file://``) wrote, read
+    where the worker shares that file system (HPC clusters, the local test stack).
+
+    Read-only: staging writes only to stores every TES server can fetch from (S3), so writing
+    here is refused rather than half supported.
+    """
+
+    def __init__(self, **_options: Any) -> None:
+        pass
+
+    @staticmethod
+    def _path(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise TesConfigurationError(f"{url!r} is not a file:///path URL of this machine")
+        return unquote(parts.path)
+
+    def stat(self, url: str) -> ObjectInfo | None:
+        try:
+            size = os.stat(self._path(url)).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise ObjectStoreError(f"cannot read {url}: {err.strerror}") from None
+        return ObjectInfo(url=url, size=size, sha256=None)
+
+    def list_sizes(self, prefix_url: str) -> dict[str, int]:
+        root = self._path(prefix_url)
+        found: dict[str, int] = {}
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(folder, name)
+                found["file://" + quote(path)] = os.stat(path).st_size
+        return found
+
+    def put_bytes(self, url: str, data: bytes) -> None:
+        raise TesConfigurationError(f"{url!r}: the provider stages to s3:// only, not to file://")
+
+    def upload_file(self, url: str, path: str, *, size: int, sha256: str) -> None:
+        raise TesConfigurationError(f"{url!r}: the provider stages to s3:// only, not to file://")
+
+    def read_tail(self, url: str, max_bytes: int) -> bytes:
+        path = self._path(url)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - max_bytes))
+                return handle.read(max_bytes)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{url} does not exist on this worker") from None
+        except OSError as err:
+            raise ObjectStoreError(f"cannot read {url}: {err.strerror}") from None
+
+
+_STORES: dict[str, Callable[..., ObjectStore]] = {"s3": _s3_store, "file": LocalFileStore}
 #: URL schemes :func:`object_store_for` can serve.
 STORE_SCHEMES = frozenset(_STORES)
 

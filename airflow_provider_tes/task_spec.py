@@ -49,7 +49,7 @@ class TaskSpec:
     outputs_url: str | None = None
     env: Mapping[str, Any] | None = None
     workdir: str | None = None
-    shell: str = "/bin/sh"
+    shell: str | None = "/bin/sh"
     cpu_cores: float | None = None
     ram_gb: float | None = None
     disk_gb: float | Mapping[str, float] | None = None
@@ -76,7 +76,7 @@ class TaskSpec:
             raise args.argument_error("command", "is required: a script (str) or an argv (list of str)")
         if self.executors is not None and (self.image is not None or self.command is not None):
             raise args.argument_error("executors", "replaces 'image' and 'command'; pass one or the other")
-        args.validate_shell(self.shell)
+        args.validate_shell(self.shell, self.command)
         args.validate_number("cpu_cores", self.cpu_cores)
         args.validate_number("ram_gb", self.ram_gb)
         for volume in self.volumes or []:
@@ -191,6 +191,11 @@ class TaskPlan:
         return self.script is not None and not script_fits_inline(self.script)
 
     @property
+    def wrapped(self) -> bool:
+        """Whether the command runs in the exit-code wrapper (see :mod:`~airflow_provider_tes.container`)."""
+        return not self.executors and self.spec.shell is not None
+
+    @property
     def needs_staging(self) -> bool:
         return bool(self.local_inputs) or self.stages_script
 
@@ -223,7 +228,7 @@ class TaskPlan:
                     env=self.env,
                 )
             ]
-            outputs = [*standard_outputs(folder), *self.outputs]
+            outputs = [*standard_outputs(folder, wrapped=self.wrapped), *self.outputs]
         task = TesTask(
             description=self.spec.description,
             inputs=inputs or None,

@@ -82,7 +82,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         outputs_url: str | None = None,
         env: Mapping[str, Any] | None = None,
         workdir: str | None = None,
-        shell: str = "/bin/sh",
+        shell: str | None = "/bin/sh",
         cpu_cores: float | None = None,
         ram_gb: float | None = None,
         disk_gb: float | Mapping[str, float] | None = None,
