@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 # --- Real integration stack (moto S3 + Funnel TES) ------------------------------
-# Session-scoped; see tests/stack.py for the machinery.  Funnel is built from
+# Session-scoped; see tests/support/stack.py for the machinery.  Funnel is built from
 # source by scripts/build-funnel.sh on first use (needs Go; cached afterwards,
 # or point $FUNNEL_BINARY at a prebuilt v0.12.2 binary).  Executors run through
 # scripts/docker-shim in Linux namespaces, so the `funnel` fixture needs root.
@@ -23,8 +23,6 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 # In-process Airflow (hooks, operators under unit test) gets a throwaway home and SQLite,
 # never the user's ~/airflow. Set before anything imports airflow.
 if "AIRFLOW_HOME" not in os.environ:
@@ -34,8 +32,8 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-provider-tes-tests-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-from airflow_env import TEST_DAGS, AirflowEnv, stack_connections
-from stack import FunnelServer, MotoServer, find_funnel_binary
+from tests.support.airflow_env import TEST_DAGS, AirflowEnv, stack_connections
+from tests.support.stack import FunnelServer, MotoServer, find_funnel_binary
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TEST_BUCKET = "tes-test"

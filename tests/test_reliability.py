@@ -30,8 +30,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import structlog.testing
-from airflow_env import AirflowEnv, aws_connection
-from tes_proxy import FAULT_KINDS, TesProxy
 
 from airflow_provider_tes.exceptions import (
     TesAmbiguousCreateError,
@@ -44,6 +42,8 @@ from airflow_provider_tes.hooks.tes import TesConnectionSettings, TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.task_builder import TaskIdentity
+from tests.support.airflow_env import AirflowEnv, aws_connection
+from tests.support.tes_proxy import FAULT_KINDS, TesProxy
 
 pytestmark = pytest.mark.funnel
 

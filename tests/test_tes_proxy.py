@@ -1,98 +1,44 @@
-"""Mechanics of the fault-injecting TES proxy (tests/tes_proxy.py) against a stub upstream."""
+"""Mechanics of the fault-injecting TES proxy (tests/support/tes_proxy.py) against a stub upstream."""
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from tes_proxy import FAULT_KINDS, TesProxy
+
+from tests.support.loopback import Rewrite, Rule
+from tests.support.tes_proxy import FAULT_KINDS, TesProxy
+from tests.support.tes_stub import TesStub
 
 AUTH = {"Authorization": "Basic YWRtaW46c2VjcmV0"}
 DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
 
 
-class StubTes:
-    """A tiny TES imitation: create / get / list / cancel, recording what it saw."""
+class StubTes(TesStub):
+    """The in-memory TES as the proxy's upstream: tasks t1, t2, ... all RUNNING; marks its answers."""
 
     def __init__(self) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self.tasks: list[str] = []
-        self.lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Stub", "yes")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _record(self) -> bytes:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                with stub.lock:
-                    seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-                    stub.seen.append({**seen, "body": body})
-                return body
-
-            def do_GET(self) -> None:
-                self._record()
-                path = self.path.split("?", 1)[0]
-                if path == "/ga4gh/tes/v1/tasks":
-                    with stub.lock:
-                        tasks = [{"id": t, "state": "RUNNING"} for t in stub.tasks]
-                    self._send(200, {"tasks": tasks, "next_page_token": ""})
-                elif m := re.fullmatch(r"/ga4gh/tes/v1/tasks/([^/:]+)", path):
-                    if m.group(1) in stub.tasks:
-                        self._send(200, {"id": m.group(1), "state": "RUNNING"})
-                    else:
-                        self._send(404, {"message": "not found"})
-                else:
-                    self._send(404, {"message": "no route"})
-
-            def do_POST(self) -> None:
-                self._record()
-                if self.path == "/ga4gh/tes/v1/tasks":
-                    with stub.lock:
-                        task_id = f"t{len(stub.tasks) + 1}"
-                        stub.tasks.append(task_id)
-                    self._send(200, {"id": task_id})
-                elif self.path.endswith(":cancel"):
-                    self._send(200, {})
-                else:
-                    self._send(404, {"message": "no route"})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
-        self.thread.start()
+        super().__init__(
+            initial_state="RUNNING", id_format="t{}", rules=[Rule(Rewrite(headers={"X-Stub": "yes"}))]
+        )
+        self.start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
 
     def requests_of(self, method: str, path_end: str = "") -> list[dict[str, Any]]:
         with self.lock:
-            return [s for s in self.seen if s["method"] == method and s["path"].endswith(path_end)]
+            return [
+                {"method": r.method, "path": r.target, "headers": r.headers, "body": r.body}
+                for r in self.seen
+                if r.method == method and r.target.endswith(path_end)
+            ]
 
 
 @pytest.fixture
