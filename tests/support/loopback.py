@@ -3,11 +3,9 @@
 Why one core: the fault proxy in front of Funnel, the OIDC provider and its JWT gateway, and the
 benchmark's in-memory TES used to be three hand-written servers, each with its own HTTP plumbing
 and its own way of changing answers. Here the plumbing is written once, and everything a server
-does *to* a request or an answer is a :class:`Rule`: a match (method, path, query) and a
-:class:`Rewrite` (answer here, or change what the backend sees; then change the status, headers or
-JSON body of the answer, delay it, trickle it, truncate it, drop it or reset the connection). A
-fault, a gateway's admission check or a server personality is then a list of rules, not another
-server.
+does *to* a request or an answer is a rule of :mod:`tests.support.rules`, applied in one place
+(:meth:`LoopbackServer._exchange`): a fault, a gateway's admission check or a server personality
+is a list of rules, not another server. A subclass only says how its backend answers.
 
 Why asyncio: the benchmark's per-task baseline opens one connection per trigger (up to 10,000),
 too many for a thread each. The loop runs in a daemon thread; rules and records are shared with
@@ -18,23 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
-import re
 import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from http import HTTPStatus
-from typing import Any, Literal, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Self
+from urllib.parse import urlsplit
 
 import httpx
 
+from tests.support.rules import (
+    TES_PREFIX,
+    Answer,
+    Request,
+    Rewrite,
+    Rule,
+    json_answer,
+    tes_call,
+)
+
 LOOPBACK = "127.0.0.1"
-TES_PREFIX = "/ga4gh/tes/v1"
 
 #: Headers that belong to one connection (RFC 9110 7.6.1) or that a server here recomputes.
 HOP_BY_HOP = frozenset(
@@ -56,145 +61,6 @@ HOP_BY_HOP = frozenset(
         "expect",
     }
 )
-
-
-@dataclass(frozen=True)
-class Request:
-    """A request as a server here received it (or as a rule rewrote it for the backend)."""
-
-    method: str
-    target: str  # path and query, as sent
-    headers: httpx.Headers = field(default_factory=httpx.Headers)
-    body: bytes = b""
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @functools.cached_property
-    def query(self) -> dict[str, list[str]]:
-        params: dict[str, list[str]] = {}
-        for key, value in parse_qsl(urlsplit(self.target).query, keep_blank_values=True):
-            params.setdefault(key, []).append(value)
-        return params
-
-    def json(self) -> Any:
-        """The body parsed as JSON; None when it is empty or not JSON."""
-        try:
-            return json.loads(self.body) if self.body else None
-        except ValueError:
-            return None
-
-    def with_json(self, doc: Any) -> Request:
-        return replace(self, body=json.dumps(doc).encode())
-
-    def with_header(self, name: str, value: str) -> Request:
-        headers = httpx.Headers(self.headers)
-        headers[name] = value
-        return replace(self, headers=headers)
-
-    def without_query(self, *names: str) -> Request:
-        kept = [
-            (k, v)
-            for k, v in parse_qsl(urlsplit(self.target).query, keep_blank_values=True)
-            if k not in names
-        ]
-        return replace(self, target=self.path + (f"?{urlencode(kept)}" if kept else ""))
-
-
-@dataclass
-class Answer:
-    """A response: status, headers (in order, repeats allowed) and the whole body."""
-
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-    def set_header(self, name: str, value: str) -> None:
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()] + [(name, value)]
-
-
-def json_answer(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Answer:
-    return Answer(
-        status, json.dumps(doc).encode(), [("Content-Type", "application/json"), *(headers or {}).items()]
-    )
-
-
-#: How an answer leaves: ``whole``; ``reset``: the connection is aborted with a TCP RST as soon as
-#: the request is read (the backend never sees it); ``drop``: the backend does its work, then the
-#: connection is closed without an answer (the ambiguous create); ``truncate``: half the body
-#: under the full Content-Length, then close.
-Delivery = Literal["whole", "reset", "drop", "truncate"]
-
-
-@dataclass(frozen=True)
-class Rewrite:
-    """What a matching rule does: to the request, to the answer, to the delivery."""
-
-    #: Answer here; the backend never sees the request.
-    answer: Answer | Callable[[Request], Answer] | None = None
-    #: The backend sees this request instead (other query, body, headers).
-    request: Callable[[Request], Request] | None = None
-    status: int | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    #: Rewrites a 2xx JSON answer: ``body(doc, request)`` returns the new document.
-    body: Callable[[Any, Request], Any] | None = None
-    #: Seconds to wait before answering.
-    delay: float = 0.0
-    #: Seconds between the body's chunks (16 bytes each) when > 0.
-    trickle: float = 0.0
-    delivery: Delivery = "whole"
-
-
-@dataclass
-class Rule:
-    """When a request matches, apply ``rewrite`` (or what a callable ``rewrite`` returns for it).
-
-    ``path`` is a regular expression searched in the path (no query); ``query`` names parameters
-    that must be present (with that value, unless None). ``times`` caps how often it applies.
-    """
-
-    rewrite: Rewrite | Callable[[Request], Rewrite | None]
-    method: str | None = None
-    path: str | None = None
-    query: Mapping[str, str | None] = field(default_factory=dict)
-    times: int | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        self._path_re = re.compile(self.path) if self.path is not None else None
-
-    def matches(self, request: Request) -> bool:
-        if self.method is not None and request.method != self.method.upper():
-            return False
-        if self._path_re is not None and not self._path_re.search(request.path):
-            return False
-        return all(
-            key in request.query and (value is None or value in request.query[key])
-            for key, value in self.query.items()
-        )
-
-    def pick(self, request: Request) -> Rewrite | None:
-        """The rewrite for ``request``, counting it against ``times`` (call under the server's lock)."""
-        if (self.times is not None and self.times <= 0) or not self.matches(request):
-            return None
-        rewrite = self.rewrite(request) if callable(self.rewrite) else self.rewrite
-        if rewrite is not None and self.times is not None:
-            self.times -= 1
-        return rewrite
-
-
-def tes_call(method: str, path: str) -> str:
-    """The TES call a request is: ``create``, ``list``, ``get``, ``cancel`` or ``other``."""
-    rest = path.split(TES_PREFIX, 1)[-1].strip("/")
-    if rest == "tasks":
-        return "create" if method == "POST" else "list"
-    if rest.startswith("tasks/"):
-        return "cancel" if rest.endswith(":cancel") else "get"
-    return "other"
 
 
 class LoopbackServer:
@@ -261,10 +127,19 @@ class LoopbackServer:
         with self.lock:
             return dict(self.counts)
 
+    def seen_calls(self, call: str) -> list[Request]:
+        """The requests seen (as sent, bodies included) that were this TES call: ``create``,
+        ``list``, ``get``, ``cancel`` or ``other``."""
+        with self.lock:
+            return [r for r in self.seen if tes_call(r.method, r.path) == call]
+
     # -- what subclasses provide -----------------------------------------------------------------
 
     async def backend(self, request: Request) -> Answer:
         return json_answer(404, {"message": "not found"})
+
+    async def on_backend_answer(self, received: Request, answer: Answer) -> None:
+        """Called when the backend answered ``received`` (as sent, before any rule rewrote it)."""
 
     async def on_stop(self) -> None:
         pass
@@ -350,6 +225,7 @@ class LoopbackServer:
 
     async def _exchange(self, request: Request, writer: asyncio.StreamWriter, *, close: bool) -> bool:
         """Answer one request; False when the connection is finished."""
+        received = request
         with self.lock:
             self.seen.append(request)
             if len(self.seen) > self.max_seen:
@@ -370,6 +246,7 @@ class LoopbackServer:
                     break
             if answer is None:
                 answer = await self.backend(request)
+                await self.on_backend_answer(received, answer)
             for rewrite in rewrites:
                 _rewrite_answer(answer, rewrite, request)
         except Exception as exc:  # a broken rule or backend answers 502, never kills the server
@@ -400,17 +277,21 @@ class LoopbackServer:
         return not close
 
 
+_NOT_JSON = object()
+
+
 def _rewrite_answer(answer: Answer, rewrite: Rewrite, request: Request) -> None:
-    if rewrite.status is not None:
-        answer.status = rewrite.status
-    for name, value in rewrite.headers.items():
-        answer.set_header(name, value)
     if rewrite.body is not None and 200 <= answer.status < 300:
         try:
             doc = json.loads(answer.body)
         except ValueError:
-            return
-        answer.body = json.dumps(rewrite.body(doc, request)).encode()
+            doc = _NOT_JSON
+        if doc is not _NOT_JSON:
+            answer.body = json.dumps(rewrite.body(doc, request)).encode()
+    if rewrite.status is not None:
+        answer.status = rewrite.status
+    for name, value in rewrite.headers.items():
+        answer.set_header(name, value)
 
 
 def _head(answer: Answer, length: int, close: bool) -> bytes:

@@ -45,15 +45,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.support.loopback import (
-    Answer,
-    ForwardingServer,
-    LoopbackServer,
-    Request,
-    Rewrite,
-    Rule,
-    json_answer,
-)
+from tests.support.loopback import ForwardingServer, LoopbackServer
+from tests.support.rules import Answer, Request, Rewrite, Rule, json_answer
 
 
 class OidcProvider(LoopbackServer):

@@ -2,13 +2,15 @@
 
 Why: Funnel is the only TES server here, and it never preempts, never fails at the network
 level and answers in one dialect. The proxy adds what the provider must survive elsewhere, each
-as rules of the shared loopback core (:mod:`tests.support.loopback`):
+as rules (:mod:`tests.support.rules`) of the shared loopback server (:mod:`tests.support.loopback`):
 
 * **preemption** -- ``proxy.preempt(n, name_prefix)`` marks the next ``n`` tasks created
   through it: right after the create answer comes back the proxy cancels them upstream (with the
   client's ``Authorization``) and from then on reports them ``PREEMPTED``;
 * **states** -- ``proxy.rewrite_state(task_id, "SYSTEM_ERROR")``: GetTask reports that state, and
   a ListTasks filtered by another state leaves the task out, as a server would once it moved on;
+* **personalities** -- ``TesProxy(url, personality="tesk")`` or ``proxy.use("tesk")``: another
+  server's documented dialect, as rules (:mod:`tests.support.personalities`);
 * **faults** -- ``proxy.set_faults(rate, kinds, methods=..., path_regex=..., limit=...)`` with a
   seeded RNG, the kinds being
 
@@ -31,9 +33,10 @@ Usage::
         proxy.preempt(1, name_prefix="preemptible-")
         proxy.set_faults(0.3, ["503", "reset"], methods=["GET"])
 
-Records: ``proxy.seen`` (every request as received, bodies included: :class:`~tests.support.
-loopback.Request`); ``proxy.requests`` (method, path-with-query) of each; ``proxy.created``
-(task id, request body dict) for every successful create; ``proxy.preempted_ids``;
+Records: ``proxy.seen`` (every request as the client sent it, bodies included:
+:class:`~tests.support.rules.Request`), ``proxy.seen_calls("create")`` (those of one TES
+call); ``proxy.requests`` (method, path-with-query) of each; ``proxy.created`` (task id, request
+body dict as sent) for every successful create; ``proxy.preempted_ids``;
 ``proxy.cancelled_ids`` (upstream cancels the proxy issued and that succeeded);
 ``proxy.fault_log`` (method, path, kind) for every injected fault; ``proxy.stats`` --
 ``requests``, ``forwarded``, ``connections``, ``upstream_errors``, ``injected_total`` and
@@ -50,20 +53,11 @@ from typing import Any
 
 import httpx
 
-from tests.support.loopback import (
-    Answer,
-    ForwardingServer,
-    Request,
-    Rewrite,
-    Rule,
-    json_answer,
-    tes_call,
-)
+from tests.support.loopback import ForwardingServer
+from tests.support.personalities import personality_rules
+from tests.support.rules import TASK_READS_PATH, Answer, Request, Rewrite, Rule, json_answer, tes_call
 
 FAULT_KINDS = ("500", "502", "503", "429", "reset", "delay", "truncate", "drop_response")
-
-#: GetTask and ListTasks (any prefix).
-TASK_READS = r"/tasks(/[^/:]+)?/?$"
 
 
 def fault(kind: str, delay_seconds: float = 3.0) -> Rewrite:
@@ -118,6 +112,7 @@ class TesProxy(ForwardingServer):
         upstream: str,
         *,
         seed: int = 0,
+        personality: str | None = None,
         max_upstream_connections: int = 64,
     ) -> None:
         self.seed = seed
@@ -130,9 +125,15 @@ class TesProxy(ForwardingServer):
         self._fault_rule: Rule | None = None
         self._preempt_rules: list[list[Any]] = []  # [remaining, name_prefix | None]
         self._state_overrides: dict[str, str] = {}
+        self.personality: str | None = None
+        self._personality_rules: list[Rule] = []
         super().__init__(upstream, max_upstream_connections=max_upstream_connections)
-        # Faults go first (they may answer in the proxy's place).
-        self.add_rule(Rule(self._reported_states, method="GET", path=TASK_READS, name="states"))
+        # Rules run in order: faults (they may answer in the server's place), the personality, then
+        # the states the test set (last, so they hold whatever the personality did to the answer).
+        self._states_rule = self.add_rule(
+            Rule(self._reported_states, method="GET", path=TASK_READS_PATH, name="states")
+        )
+        self.use(personality)
 
     @property
     def requests(self) -> list[tuple[str, str]]:
@@ -140,6 +141,16 @@ class TesProxy(ForwardingServer):
             return [(r.method, r.target) for r in self.seen]
 
     # --- configuration --------------------------------------------------------------------------
+    def use(self, personality: str | None) -> None:
+        """Answer like another TES server from now on (None: like the upstream itself)."""
+        rules = personality_rules(personality) if personality else []
+        with self.lock:
+            for rule in self._personality_rules:
+                self.remove_rule(rule)
+            at = self.rules.index(self._states_rule)
+            self.rules[at:at] = rules
+            self.personality, self._personality_rules = personality, rules
+
     def preempt(self, count: int, name_prefix: str | None = None) -> None:
         """Preempt the next ``count`` tasks created through the proxy (whose name starts with
         ``name_prefix``, if given): cancel them upstream and report them as PREEMPTED."""
@@ -222,14 +233,12 @@ class TesProxy(ForwardingServer):
             overrides = dict(self._state_overrides)
         return report_states(overrides) if overrides else None
 
-    async def backend(self, request: Request) -> Answer:
-        answer = await super().backend(request)
-        if tes_call(request.method, request.path) == "create" and 200 <= answer.status < 300:
-            await self._on_create(request, answer)
-        return answer
+    async def on_backend_answer(self, received: Request, answer: Answer) -> None:
+        if tes_call(received.method, received.path) == "create" and 200 <= answer.status < 300:
+            await self._on_create(received, answer)
 
     async def _on_create(self, request: Request, answer: Answer) -> None:
-        """Record the create; preempt the task when a preempt order covers it."""
+        """Record the create (as the client sent it); preempt the task when an order covers it."""
         try:
             task_id = json.loads(answer.body).get("id")
         except (ValueError, AttributeError):

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
-from tests.support.loopback import Answer, LoopbackServer, Request, Rule, json_answer
+from tests.support.loopback import LoopbackServer
+from tests.support.rules import Answer, Request, Rule, json_answer
 
 TERMINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
 
