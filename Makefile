@@ -43,7 +43,7 @@ test: sync funnel browser lint
 	"$(UV)" run --frozen pytest $(PYTEST_ARGS)
 
 demo: sync funnel
-	"$(UV)" run --frozen python scripts/demo.py
+	"$(UV)" run --frozen python -m scripts.demo
 
 bench: sync funnel
 	"$(UV)" run --frozen python -m benchmarks.run

@@ -257,9 +257,8 @@ class _Backend:
         from airflow_provider_tes.hooks.tes import TesHook
 
         if self.choice in ("auto", "funnel"):
-            from stack import FunnelServer, find_funnel_binary
-
-            from benchmarks.loopback import CountingProxy
+            from tests.support.stack import FunnelServer, find_funnel_binary
+            from tests.support.tes_proxy import TesProxy
 
             workdir = Path(tempfile.mkdtemp(prefix=f"funnel-{self.n}-", dir=self.tmp))
             self.funnel = FunnelServer(
@@ -286,9 +285,9 @@ class _Backend:
                 self.create_s = time.perf_counter() - started
                 hook.close()
                 self.kind = "funnel(noop)+proxy"
-                self.server = CountingProxy(self.funnel.url).start()
+                self.server = TesProxy(self.funnel.url).start()
         if self.funnel is None:
-            from benchmarks.loopback import TesStub
+            from tests.support.tes_stub import TesStub
 
             self.server = TesStub().start()
             os.environ[f"AIRFLOW_CONN_{CREATE_CONN_ID.upper()}"] = _conn_json(self.server.base_url, 1)

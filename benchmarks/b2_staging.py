@@ -100,10 +100,10 @@ def _second_run_rows(case: str, uploaded: int, seconds: float, first_seconds: fl
 def run(*, quick: bool, tmp: Path, log: Any) -> tuple[list[Row], dict[str, Any]]:
     # Imported before timing: module import cost is not staging throughput.
     import airflow.providers.amazon.aws.hooks.s3  # noqa: F401
-    from stack import MotoServer
 
     from airflow_provider_tes import staging
     from airflow_provider_tes.staging import InputStager, digest_file
+    from tests.support.stack import MotoServer
 
     file_size = (64 if quick else 1024) * 1024**2
     file_count = 500 if quick else 10_000

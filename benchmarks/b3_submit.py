@@ -43,10 +43,10 @@ def run(*, quick: bool, tmp: Path, log: Any) -> tuple[list[Row], dict[str, Any]]
     import tes
     import tes.utils
     from airflow.sdk.exceptions import TaskDeferred
-    from stack import FunnelServer, find_funnel_binary
 
     from airflow_provider_tes.hooks.tes import TesHook
     from airflow_provider_tes.operators.tes import TesTaskOperator
+    from tests.support.stack import FunnelServer, find_funnel_binary
 
     reps = 10 if quick else 30
     workdir = Path(tempfile.mkdtemp(prefix="funnel-b3-", dir=tmp))

@@ -14,10 +14,6 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# tests/stack.py (MotoServer, FunnelServer) is plain Python shared by tests and benchmarks.
-if str(REPO_ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-
 
 @dataclass
 class Row:

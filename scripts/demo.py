@@ -1,5 +1,8 @@
 """`make demo`: start moto (S3) and Funnel (TES) on loopback, run the hello-world DAG with
-`airflow dags test`, and print its XCom result and the output it wrote to S3."""
+`airflow dags test`, and print its XCom result and the output it wrote to S3.
+
+Run from the repository root as a module (``python -m scripts.demo``) so that the stack is
+imported from ``tests.support`` like the tests import it."""
 
 from __future__ import annotations
 
@@ -10,11 +13,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from airflow_env import AirflowEnv, stack_connections  # noqa: E402
-from stack import FunnelServer, MotoServer, find_funnel_binary  # noqa: E402
+from tests.support.airflow_env import AirflowEnv, stack_connections
+from tests.support.stack import FunnelServer, MotoServer, find_funnel_binary
 
 BUCKET = "tes-demo"
 

@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 # --- Real integration stack (moto S3 + Funnel TES) ------------------------------
-# Session-scoped; see tests/stack.py for the machinery.  Funnel is built from
+# Session-scoped; see tests/support/stack.py for the machinery.  Funnel is built from
 # source by scripts/build-funnel.sh on first use (needs Go; cached afterwards,
 # or point $FUNNEL_BINARY at a prebuilt v0.12.2 binary).  Executors run through
 # scripts/docker-shim in Linux namespaces, so the `funnel` fixture needs root.
@@ -18,13 +18,11 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # In-process Airflow (hooks, operators under unit test) gets a throwaway home and SQLite,
 # never the user's ~/airflow. Set before anything imports airflow.
@@ -35,8 +33,9 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-provider-tes-tests-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-from airflow_env import TEST_DAGS, AirflowEnv, stack_connections
-from stack import FunnelServer, MotoServer, find_funnel_binary
+from tests.support.airflow_env import TEST_DAGS, AirflowEnv, stack_connections
+from tests.support.stack import FunnelServer, MotoServer, find_funnel_binary
+from tests.support.tes_proxy import TesProxy
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TEST_BUCKET = "tes-test"
@@ -119,6 +118,35 @@ def funnel(
         if request.session.testsfailed:
             dest = server.copy_logs(ARTIFACTS_DIR / time.strftime("funnel-%Y%m%d-%H%M%S"))
             print(f"\n[stack] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
+
+
+@pytest.fixture
+def funnel_proxy(funnel: FunnelServer) -> Iterator[Callable[..., TesProxy]]:
+    """Make proxies in front of the session Funnel: ``funnel_proxy("tesk")`` is a started
+    :class:`~tests.support.tes_proxy.TesProxy` answering like that personality
+    (``tests.support.personalities.PERSONALITIES``; None: plain Funnel), stopped after the test.
+
+    Point the client at ``proxy.base_url`` with Funnel's ``user``/``password``; read what it
+    submitted in ``proxy.seen`` / ``proxy.seen_calls("create")`` (bodies as sent).
+    """
+    proxies: list[TesProxy] = []
+
+    def make(personality: str | None = None, *, seed: int = 0) -> TesProxy:
+        proxy = TesProxy(funnel.url, seed=seed, personality=personality).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture
+def personality_proxy(request: pytest.FixtureRequest, funnel_proxy: Callable[..., TesProxy]) -> TesProxy:
+    """A proxy in front of the session Funnel with the personality given by indirect
+    parametrization: ``@pytest.mark.parametrize("personality_proxy", ["tesk"], indirect=True)``
+    (unparametrized: none)."""
+    return funnel_proxy(getattr(request, "param", None))
 
 
 @pytest.fixture(scope="session")

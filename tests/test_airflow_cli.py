@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from airflow_env import AirflowEnv
+
+from tests.support.airflow_env import AirflowEnv
 
 pytestmark = pytest.mark.funnel
 

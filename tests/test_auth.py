@@ -30,11 +30,6 @@ from urllib.parse import parse_qs, unquote
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from oidc import JwtGateway, OidcProvider
-from stack import FunnelServer
-
 import airflow_provider_tes.auth as auth_module
 from airflow_provider_tes.auth import OAuth2ClientCredentials
 from airflow_provider_tes.connection import TesConnection
@@ -46,6 +41,8 @@ from airflow_provider_tes.exceptions import (
 )
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
+from tests.support.oidc import JwtGateway, OidcProvider
+from tests.support.stack import FunnelServer
 
 TOKEN_URL = "https://idp.test/oauth2/token"
 CLIENT_ID = "tes-client-id"

@@ -22,12 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
-from airflow_services import AirflowServices
 
 from airflow_provider_tes.get_provider_info import get_provider_info
 from airflow_provider_tes.links import TES_TASK_LINK_KEY, TesOutputsLink, outputs_link
 from airflow_provider_tes.operators.tes import TesTaskOperator
+from tests.support.airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
+from tests.support.airflow_services import AirflowServices
 
 pytestmark = pytest.mark.funnel
 

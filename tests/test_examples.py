@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from airflow_env import AirflowEnv
+
+from tests.support.airflow_env import AirflowEnv
 
 pytestmark = pytest.mark.funnel
 

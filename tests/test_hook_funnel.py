@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from spec import AsyncSpecCheckingTransport, SpecCheckingTransport
 
 from airflow_provider_tes.exceptions import TesAuthError, TesNotFoundError
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesInput, TesOutput, TesState, TesTask, TesView
+from tests.support.spec import AsyncSpecCheckingTransport, SpecCheckingTransport
 
 pytestmark = pytest.mark.funnel
 

@@ -15,19 +15,13 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-
 import asyncio
 import base64
 import json
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from spec import AsyncSpecCheckingTransport, SpecCheckingTransport, validate_response
 
 from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
@@ -42,6 +36,7 @@ from airflow_provider_tes.exceptions import (
 )
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesInput, TesState, TesTask, TesView
+from tests.support.spec import AsyncSpecCheckingTransport, SpecCheckingTransport, validate_response
 
 CONN_ID = "tes_unit"
 USER = "alice-user"

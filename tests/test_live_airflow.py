@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow_env import TEST_DAGS, AirflowEnv, stack_connections
-from airflow_services import AirflowServices
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState
+from tests.support.airflow_env import TEST_DAGS, AirflowEnv, stack_connections
+from tests.support.airflow_services import AirflowServices
 
 pytestmark = pytest.mark.funnel
 

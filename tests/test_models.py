@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from spec import schema_errors, validate_request_body, validate_response
 
 from airflow_provider_tes.models import (
     MAX_INLINE_CONTENT_BYTES,
@@ -29,6 +23,7 @@ from airflow_provider_tes.models import (
     TesState,
     TesTask,
 )
+from tests.support.spec import schema_errors, validate_request_body, validate_response
 
 KIB = 1024
 
@@ -386,7 +381,7 @@ NOT_TERMINAL = {"CANCELING", "PAUSED", "UNKNOWN", "QUEUED", "INITIALIZING", "RUN
 
 
 def test_states_match_the_spec() -> None:
-    from spec import load_spec
+    from tests.support.spec import load_spec
 
     spec_states = load_spec()["components"]["schemas"]["tesState"]["enum"]
     assert {s.value for s in TesState} == set(spec_states) == TERMINAL | NOT_TERMINAL

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow_env import AirflowEnv
-from tes_proxy import TesProxy
+
+from tests.support.airflow_env import AirflowEnv
+from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
 

@@ -30,8 +30,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import structlog.testing
-from airflow_env import AirflowEnv, aws_connection
-from tes_proxy import FAULT_KINDS, TesProxy
 
 from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.exceptions import (
@@ -46,6 +44,8 @@ from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.run_state import RunState
+from tests.support.airflow_env import AirflowEnv, aws_connection
+from tests.support.tes_proxy import FAULT_KINDS, TesProxy
 
 pytestmark = pytest.mark.funnel
 

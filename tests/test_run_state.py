@@ -129,11 +129,10 @@ def test_v0_payload_resumes_on_funnel(
     PREEMPTED makes the new code resubmit from the operator's arguments into the same output
     folder, with the budget and attempt numbers the v0 payload recorded.
     """
-    from airflow_env import aws_connection, tes_connection
-
     from airflow_provider_tes.hooks.tes import TesHook
     from airflow_provider_tes.models import TesTask
     from airflow_provider_tes.operators.tes import TesTaskOperator
+    from tests.support.airflow_env import aws_connection, tes_connection
 
     conn_id = "tes_run_state"
     monkeypatch.setenv(
@@ -203,7 +202,7 @@ def test_v0_payload_resumes_on_funnel(
 
 @pytest.mark.funnel
 def test_xcom_of_finished_task_holds_no_env_value_or_script(test_dags: Any) -> None:
-    from dags.tes_test_run_state import SCRIPT_MARKER, SECRET_ENV_VALUE  # type: ignore[import-not-found]
+    from tests.dags.tes_test_run_state import SCRIPT_MARKER, SECRET_ENV_VALUE
 
     test_dags.dags_test("tes_test_run_state")
     assert test_dags.task_states("tes_test_run_state") == {"secretive": "success"}

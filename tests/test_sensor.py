@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from airflow_env import AirflowEnv
 
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.sensors.tes import TesTaskSensor
+from tests.support.airflow_env import AirflowEnv
 
 pytestmark = pytest.mark.funnel
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from stack import FunnelServer
+
+from tests.support.stack import FunnelServer
 
 TERMINAL_STATES = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 

@@ -1,98 +1,48 @@
-"""Mechanics of the fault-injecting TES proxy (tests/tes_proxy.py) against a stub upstream."""
+"""Mechanics of the TES proxy (tests/support/tes_proxy.py): faults, states and the rules of the
+loopback core against an in-memory upstream; its server personalities against the real Funnel."""
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from tes_proxy import FAULT_KINDS, TesProxy
+
+from tests.support.personalities import PERSONALITIES
+from tests.support.rules import TASK_PATH, TASKS_PATH, Rewrite, Rule
+from tests.support.spec import validate_response
+from tests.support.tes_proxy import FAULT_KINDS, TesProxy
+from tests.support.tes_stub import TesStub
 
 AUTH = {"Authorization": "Basic YWRtaW46c2VjcmV0"}
 DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
 
 
-class StubTes:
-    """A tiny TES imitation: create / get / list / cancel, recording what it saw."""
+class StubTes(TesStub):
+    """The in-memory TES as the proxy's upstream: tasks t1, t2, ... all RUNNING; marks its answers."""
 
     def __init__(self) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self.tasks: list[str] = []
-        self.lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Stub", "yes")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _record(self) -> bytes:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                with stub.lock:
-                    seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-                    stub.seen.append({**seen, "body": body})
-                return body
-
-            def do_GET(self) -> None:
-                self._record()
-                path = self.path.split("?", 1)[0]
-                if path == "/ga4gh/tes/v1/tasks":
-                    with stub.lock:
-                        tasks = [{"id": t, "state": "RUNNING"} for t in stub.tasks]
-                    self._send(200, {"tasks": tasks, "next_page_token": ""})
-                elif m := re.fullmatch(r"/ga4gh/tes/v1/tasks/([^/:]+)", path):
-                    if m.group(1) in stub.tasks:
-                        self._send(200, {"id": m.group(1), "state": "RUNNING"})
-                    else:
-                        self._send(404, {"message": "not found"})
-                else:
-                    self._send(404, {"message": "no route"})
-
-            def do_POST(self) -> None:
-                self._record()
-                if self.path == "/ga4gh/tes/v1/tasks":
-                    with stub.lock:
-                        task_id = f"t{len(stub.tasks) + 1}"
-                        stub.tasks.append(task_id)
-                    self._send(200, {"id": task_id})
-                elif self.path.endswith(":cancel"):
-                    self._send(200, {})
-                else:
-                    self._send(404, {"message": "no route"})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
-        self.thread.start()
+        super().__init__(
+            initial_state="RUNNING", id_format="t{}", rules=[Rule(Rewrite(headers={"X-Stub": "yes"}))]
+        )
+        self.start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
 
     def requests_of(self, method: str, path_end: str = "") -> list[dict[str, Any]]:
         with self.lock:
-            return [s for s in self.seen if s["method"] == method and s["path"].endswith(path_end)]
+            return [
+                {"method": r.method, "path": r.target, "headers": r.headers, "body": r.body}
+                for r in self.seen
+                if r.method == method and r.target.endswith(path_end)
+            ]
 
 
 @pytest.fixture
@@ -366,3 +316,200 @@ def test_stop_is_prompt_with_pending_delay(stub: StubTes) -> None:
         idle.get(p.base_url + "/tasks")
     idle.close()
     p.stop()  # idempotent
+
+
+# --- the rules of the loopback core ------------------------------------------------------------
+
+
+def test_rules_rewrite_requests_answers_and_count_their_uses(proxy: TesProxy, stub: StubTes) -> None:
+    with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=5) as c:
+        task_id = create(c)
+        proxy.add_rule(
+            Rule(
+                Rewrite(
+                    request=lambda r: r.with_header("X-Seen-By-Backend", "yes"),
+                    body=lambda doc, _: {**doc, "extra": True},
+                    status=203,
+                    headers={"X-Rule": "1"},
+                ),
+                method="GET",
+                path=TASK_PATH,
+                query={"view": "FULL"},
+                times=1,
+            )
+        )
+        assert c.get(f"/tasks/{task_id}").json() == {"id": task_id, "state": "RUNNING"}  # no view: no match
+        r = c.get(f"/tasks/{task_id}", params={"view": "FULL"})
+        assert (r.status_code, r.headers["X-Rule"]) == (203, "1")
+        assert r.json() == {"id": task_id, "state": "RUNNING", "extra": True}
+        assert stub.requests_of("GET")[-1]["headers"]["X-Seen-By-Backend"] == "yes"
+        assert "X-Seen-By-Backend" not in proxy.seen[-1].headers  # the record keeps what was sent
+        assert c.get(f"/tasks/{task_id}", params={"view": "FULL"}).status_code == 200  # times=1 spent
+
+
+def test_trickled_answer_arrives_whole_and_slowly(proxy: TesProxy, stub: StubTes) -> None:
+    with httpx.Client(base_url=proxy.base_url, headers=AUTH, timeout=5) as c:
+        for i in range(3):
+            create(c, f"trickle-{i}")
+        whole = c.get("/tasks").content
+        proxy.add_rule(Rule(Rewrite(trickle=0.02), method="GET", path=TASKS_PATH))
+        t0 = time.monotonic()
+        assert c.get("/tasks").content == whole
+        assert time.monotonic() - t0 >= 0.02 * (len(whole) // 16)
+
+
+def test_personality_switching_and_unknown_names(proxy: TesProxy, client: httpx.Client) -> None:
+    proxy.use("list_forbidden")
+    assert client.get("/tasks").status_code == 403
+    assert proxy.personality == "list_forbidden"
+    proxy.use(None)
+    assert client.get("/tasks").status_code == 200
+    with pytest.raises(ValueError, match="unknown personality"):
+        proxy.use("funnel-but-nicer")
+    assert set(PERSONALITIES) == {"minimal", "tesk", "azure", "tag_blind", "list_forbidden"}
+
+
+# --- personalities, in front of the session's Funnel -------------------------------------------
+
+
+def _funnel_client(funnel: Any, base_url: str | None = None) -> httpx.Client:
+    return httpx.Client(base_url=base_url or funnel.base_url, auth=(funnel.user, funnel.password), timeout=30)
+
+
+def _task(label: str, command: str = "echo out; echo err >&2", **fields: Any) -> dict[str, Any]:
+    return {
+        "name": f"personality-{label}-{uuid.uuid4().hex[:8]}",
+        "executors": [{"image": "alpine:3.20", "command": ["/bin/sh", "-c", command]}],
+        **fields,
+    }
+
+
+def _finished(direct: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task: dict[str, Any] = direct.get(f"/tasks/{task_id}", params={"view": "FULL"}).json()
+        if task["state"] in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):
+            return task
+        assert time.monotonic() < deadline, task["state"]
+        time.sleep(0.2)
+
+
+@pytest.mark.funnel
+def test_minimal_answers_carry_no_optional_field(funnel: Any, funnel_proxy: Callable[..., TesProxy]) -> None:
+    proxy = funnel_proxy("minimal")
+    run = uuid.uuid4().hex
+    with _funnel_client(funnel) as direct, _funnel_client(funnel, proxy.base_url) as tes:
+        ids = [
+            tes.post("/tasks", json=_task("minimal", tags={"personality-run": run})).json()["id"]
+            for _ in range(2)
+        ]
+        assert _finished(direct, ids[0])["logs"][0]["system_logs"]  # Funnel has them ...
+        _finished(direct, ids[1])
+        for view in ("FULL", "BASIC", "MINIMAL"):
+            task = tes.get(f"/tasks/{ids[0]}", params={"view": view}).json()  # ... the personality not
+            assert set(task) == ({"id", "state"} if view == "MINIMAL" else {"id", "state", "executors"})
+            if view != "MINIMAL":  # (the spec's MINIMAL view leaves out its own required `executors`)
+                validate_response("tesTask", task)
+                assert task["executors"] == [
+                    {"image": "alpine:3.20", "command": _task("")["executors"][0]["command"]}
+                ]
+        query = {"view": "FULL", "tag_key": "personality-run", "tag_value": run, "page_size": 1}
+        pages = [tes.get("/tasks", params=query).json()]
+        while "next_page_token" in pages[-1] and len(pages) < 5:
+            pages.append(
+                tes.get("/tasks", params={**query, "page_token": pages[-1]["next_page_token"]}).json()
+            )
+    for page in pages:
+        validate_response("tesListTasksResponse", page)
+        assert page.get("next_page_token", "x")  # more pages: a token; the last: none (it is optional)
+        assert all(set(t) == {"id", "state", "executors"} for t in page["tasks"])
+    assert len(pages) > 2
+    assert "next_page_token" not in pages[-1]
+    assert sorted(t["id"] for page in pages for t in page["tasks"]) == sorted(ids)
+
+
+@pytest.mark.funnel
+def test_tesk_honours_cpu_ram_disk_only_and_logs_no_output(
+    funnel: Any, funnel_proxy: Callable[..., TesProxy]
+) -> None:
+    proxy = funnel_proxy("tesk")
+    resources = {
+        "cpu_cores": 1,
+        "ram_gb": 0.5,
+        "disk_gb": 1.0,
+        "preemptible": True,
+        "zones": ["zone-a"],
+        "backend_parameters": {"vm_size": "big"},
+    }
+    body = _task("tesk", resources=resources)
+    with _funnel_client(funnel) as direct, _funnel_client(funnel, proxy.base_url) as tes:
+        task_id = tes.post("/tasks", json=body).json()["id"]
+        stored = _finished(direct, task_id)
+        assert stored["logs"][0]["logs"][0]["stdout"] == "out\n"  # Funnel has the output ...
+        full = tes.get(f"/tasks/{task_id}", params={"view": "FULL"}).json()
+    assert [s.json() for s in proxy.seen_calls("create")] == [body]  # the record: what was sent
+    assert proxy.created == [(task_id, body)]
+    honoured = {k: v for k, v in stored["resources"].items() if v not in (None, False, [], {})}
+    assert honoured == {"cpu_cores": 1, "ram_gb": 0.5, "disk_gb": 1.0}
+    assert full["resources"] == stored["resources"]
+    executor_logs = full["logs"][0]["logs"]
+    assert [log["exit_code"] for log in executor_logs] == [0]
+    assert all(log["stdout"] == "" and "stderr" not in log for log in executor_logs)  # ... TESK not
+
+
+@pytest.mark.funnel
+def test_azure_takes_integer_cpus_and_its_backend_parameters_only(
+    funnel: Any, funnel_proxy: Callable[..., TesProxy]
+) -> None:
+    proxy = funnel_proxy("azure")
+    with _funnel_client(funnel) as direct, _funnel_client(funnel, proxy.base_url) as tes:
+        refused = {
+            "fractional": {"cpu_cores": 1.5},
+            "zero": {"cpu_cores": 0},
+            "strict": {"backend_parameters": {"vm_size": "a", "gpu": "1"}, "backend_parameters_strict": True},
+            "duplicate": {"backend_parameters": {"vm_size": "a", "VM_SIZE": "b"}},
+        }
+        answers = {case: tes.post("/tasks", json=_task(case, resources=r)) for case, r in refused.items()}
+        assert {case: r.status_code for case, r in answers.items()} == dict.fromkeys(refused, 400)
+        assert all(r.headers["Content-Type"].startswith("text/plain") for r in answers.values())
+        assert "1.5 is not a valid integer" in answers["fractional"].text
+        assert "unsupported backend_parameters were specified: gpu" in answers["strict"].text
+        assert proxy.stats["forwarded"] == 0  # refused before anything reached Funnel
+
+        resources = {"cpu_cores": 2.0, "backend_parameters": {"VM_Size": "Standard_D2", "gpu": "1"}}
+        task_id = tes.post("/tasks", json=_task("azure", resources=resources)).json()["id"]
+        stored = direct.get(f"/tasks/{task_id}", params={"view": "BASIC"}).json()["resources"]
+    assert stored["cpu_cores"] == 2
+    assert stored["backend_parameters"] == {"vm_size": "Standard_D2"}
+    assert proxy.seen_calls("create")[-1].json()["resources"] == resources
+
+
+@pytest.mark.funnel
+def test_tag_blind_lists_every_task_foreign_ones_included(
+    funnel: Any, funnel_proxy: Callable[..., TesProxy]
+) -> None:
+    proxy = funnel_proxy("tag_blind")
+    run = uuid.uuid4().hex
+    with _funnel_client(funnel) as direct, _funnel_client(funnel, proxy.base_url) as tes:
+        ours = direct.post("/tasks", json=_task("ours", "true", tags={"personality-run": run})).json()["id"]
+        foreign = direct.post("/tasks", json=_task("foreign", "true", tags={"dag_id": "elsewhere"})).json()[
+            "id"
+        ]
+        query = {"tag_key": "personality-run", "tag_value": run, "page_size": 2047}
+        assert [t["id"] for t in direct.get("/tasks", params=query).json()["tasks"]] == [ours]
+        listed = {t["id"] for t in tes.get("/tasks", params=query).json()["tasks"]}
+    assert {ours, foreign} <= listed
+    assert proxy.seen_calls("list")[-1].query["tag_key"] == ["personality-run"]  # sent, then ignored
+
+
+@pytest.mark.funnel
+@pytest.mark.parametrize("personality_proxy", ["list_forbidden"], indirect=True)
+def test_list_forbidden_refuses_listing_only(funnel: Any, personality_proxy: TesProxy) -> None:
+    proxy = personality_proxy
+    with _funnel_client(funnel, proxy.base_url) as tes:
+        task_id = tes.post("/tasks", json=_task("forbidden", "true")).json()["id"]
+        assert tes.get("/tasks/" + task_id, params={"view": "MINIMAL"}).json()["id"] == task_id
+        for view in ("MINIMAL", "BASIC"):
+            assert tes.get("/tasks", params={"view": view, "tag_key": "dag_id"}).status_code == 403
+    assert [r.method for r in proxy.seen_calls("list")] == ["GET", "GET"]
+    assert proxy.stats["forwarded"] == 2  # the create and the GET; no listing reached Funnel

@@ -19,13 +19,13 @@ from typing import Any
 import httpx
 import pytest
 import structlog.testing
-from tes_proxy import TesProxy
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.triggers import polling as polling_module
 from airflow_provider_tes.triggers.polling import ACTIVE_STATES
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
 

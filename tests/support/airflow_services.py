@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from airflow_env import AIRFLOW_BIN, AirflowEnv
-from stack import free_port
+
+from tests.support.airflow_env import AIRFLOW_BIN, AirflowEnv
+from tests.support.stack import free_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_TI_STATES = {"success", "failed", "upstream_failed", "skipped", "removed"}

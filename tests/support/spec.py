@@ -38,9 +38,11 @@ import httpx
 import jsonschema
 import yaml
 
+from tests.support import REPO_ROOT
+
 SPEC_PATH = Path(
     os.environ.get("TES_OPENAPI_SPEC")
-    or Path(__file__).resolve().parents[2] / "shared" / "tes" / "task_execution_service.openapi.yaml"
+    or REPO_ROOT.parent / "shared" / "tes" / "task_execution_service.openapi.yaml"
 )
 BASE_PATH = "/ga4gh/tes/v1"
 

@@ -43,7 +43,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT
+
 SCRIPTS_DIR = REPO_ROOT / "scripts"
 BUILD_FUNNEL_SCRIPT = SCRIPTS_DIR / "build-funnel.sh"
 DOCKER_SHIM = SCRIPTS_DIR / "docker-shim"

@@ -1,6 +1,6 @@
 """A real Airflow installation for tests and the demo: temp AIRFLOW_HOME, SQLite, CLI calls.
 
-Plain Python (no pytest) so ``scripts/demo.py`` uses the same code as the tests.
+Plain Python (no pytest) so ``make demo`` (scripts/demo.py) uses the same code as the tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT
+
 EXAMPLE_DAGS = REPO_ROOT / "dags_examples"
 TEST_DAGS = REPO_ROOT / "tests" / "dags"
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))

@@ -1,0 +1,92 @@
+"""An in-memory TES server: the calls the provider makes, answered from a dict.
+
+Why: creating 10,000 tasks in Funnel takes too long for the benchmark, and the proxy's own tests
+want an upstream whose every request they can see. It answers ListTasks (state, name prefix and
+tag filters, paging), GetTask (MINIMAL: id and state), CreateTask, CancelTask and service-info;
+``rewrite_state`` really changes a task's state. Rules of the loopback core apply as anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote
+
+from tests.support.loopback import LoopbackServer
+from tests.support.rules import Answer, Request, Rule, json_answer
+
+TERMINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
+
+
+class TesStub(LoopbackServer):
+    """Tasks by id (``tasks``); new ones get ``id_format.format(n)`` and ``initial_state``."""
+
+    def __init__(
+        self, *, initial_state: str = "QUEUED", id_format: str = "stub{:08d}", rules: Iterable[Rule] = ()
+    ) -> None:
+        super().__init__(rules)
+        self.initial_state = initial_state
+        self.id_format = id_format
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+
+    def rewrite_state(self, task_id: str, state: str) -> None:
+        with self.lock:
+            self.tasks[task_id]["state"] = state
+
+    def clear_rewrites(self) -> None:
+        """Every task back to the initial state (the stub's idea of a task that never starts)."""
+        with self.lock:
+            for task in self.tasks.values():
+                task["state"] = self.initial_state
+
+    async def backend(self, request: Request) -> Answer:
+        rest = request.path.split("/ga4gh/tes/v1", 1)[-1].strip("/")
+        with self.lock:
+            if rest == "service-info":
+                return json_answer(200, {"id": "stub", "name": "TES stub", "version": "1"})
+            if rest == "tasks" and request.method == "POST":
+                doc = request.json() or {}
+                task_id = self.id_format.format(next(self._ids))
+                self.tasks[task_id] = {
+                    "id": task_id,
+                    "state": self.initial_state,
+                    "name": doc.get("name") or "",
+                    "tags": doc.get("tags") or {},
+                }
+                return json_answer(200, {"id": task_id})
+            if rest == "tasks" and request.method == "GET":
+                return self._list(request.query)
+            if rest.endswith(":cancel") and request.method == "POST":
+                task = self.tasks.get(unquote(rest.removeprefix("tasks/").removesuffix(":cancel")))
+                if task is not None and task["state"] not in TERMINAL_STATES:
+                    task["state"] = "CANCELED"
+                return json_answer(200, {})
+            if rest.startswith("tasks/") and request.method == "GET":
+                task = self.tasks.get(unquote(rest.removeprefix("tasks/")))
+                if task is None:
+                    return json_answer(404, {"message": "no such task"})
+                return json_answer(200, {"id": task["id"], "state": task["state"]})
+        return json_answer(404, {"message": "no route"})
+
+    def _list(self, query: dict[str, list[str]]) -> Answer:
+        state = next(iter(query.get("state", [])), None)
+        name_prefix = (query.get("name_prefix") or [""])[0]
+        keys = query.get("tag_key", [])
+        values = query.get("tag_value", [])
+        filters = list(zip(keys, values + [""] * (len(keys) - len(values)), strict=True))
+        page_size = min(2047, int((query.get("page_size") or ["256"])[0]))
+        start = int((query.get("page_token") or ["0"])[0] or 0)
+        matched = [
+            t
+            for t in self.tasks.values()
+            if (state is None or t["state"] == state)
+            and t["name"].startswith(name_prefix)
+            and all(k in t["tags"] and (not v or t["tags"][k] == v) for k, v in filters)
+        ]
+        page = matched[start : start + page_size]
+        token = str(start + page_size) if start + page_size < len(matched) else ""
+        return json_answer(
+            200, {"tasks": [{"id": t["id"], "state": t["state"]} for t in page], "next_page_token": token}
+        )
