@@ -208,6 +208,13 @@ def plan_outputs(outputs: Mapping[str, Any] | Sequence[Any] | None) -> list[TesO
             continue
         if container_path is None:
             raise argument_error("outputs", f"a list of outputs must hold TesOutput objects, got {target!r}")
+        if any(c in str(container_path) for c in "*?["):
+            raise argument_error(
+                "outputs",
+                f"{container_path!r} has wildcards, which the mapping form cannot express: pass outputs as a "
+                "list with 'path_prefix', e.g. [{'path': '/mnt/task/work/*.txt', "
+                "'path_prefix': '/mnt/task/work/', 'url': 's3://bucket/out/'}]",
+            )
         path = validate_container_path("outputs", container_path)
         if not isinstance(target, str) or not target:
             raise argument_error("outputs", f"target for {path!r} must be a URL string, got {target!r}")

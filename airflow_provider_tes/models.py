@@ -17,6 +17,7 @@ by a second copy of every model.
 from __future__ import annotations
 
 import enum
+import json
 import posixpath
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -93,6 +94,14 @@ def _check_container_path(value: str, what: str) -> str:
     if value.startswith("//") or (posixpath.normpath(value) != value.rstrip("/") and value != "/"):
         raise ValueError(f"{what} {value!r} must be a normalised path (no '.', '..' or '//')")
     return value
+
+
+def _string_map(value: Any, info: ValidationInfo) -> Any:
+    """On the response path, a map the spec types as strings may hold other JSON values
+    (the spec's own example has ``slurmm_id: 123456``): they are kept as their JSON text."""
+    if not _is_lenient(info) or not isinstance(value, dict):
+        return value
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
 class TesModel(BaseModel):
@@ -192,7 +201,8 @@ class TesOutput(TesModel):
 
 
 class TesResources(TesModel):
-    cpu_cores: int | None = None
+    #: Whole cores in a request; an answer may report a fraction (a server's accounting).
+    cpu_cores: int | float | None = None
     preemptible: bool | None = None
     ram_gb: float | None = Field(default=None, allow_inf_nan=False)
     disk_gb: float | None = Field(default=None, allow_inf_nan=False)
@@ -200,11 +210,15 @@ class TesResources(TesModel):
     backend_parameters: dict[str, str] | None = None
     backend_parameters_strict: bool | None = None
 
+    _strings = field_validator("backend_parameters", mode="before")(_string_map)
+
     @model_validator(mode="after")
     def _positive(self, info: ValidationInfo) -> Self:
         # Go servers report unset sizes as 0, so this is a request-only rule.
         if _is_lenient(info):
             return self
+        if isinstance(self.cpu_cores, float):
+            raise ValueError(f"cpu_cores must be a whole number, got {self.cpu_cores!r}")
         for name in ("cpu_cores", "ram_gb", "disk_gb"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -221,6 +235,8 @@ class TesExecutor(TesModel):
     stderr: str | None = None
     env: dict[str, str] | None = None
     ignore_error: bool | None = None
+
+    _strings = field_validator("env", mode="before")(_string_map)
 
     @field_validator("workdir", "stdin", "stdout", "stderr")
     @classmethod
@@ -239,7 +255,8 @@ class TesExecutorLog(TesModel):
 class TesOutputFileLog(TesModel):
     url: str
     path: str
-    size_bytes: int
+    #: Required by the spec, but an answer without it still says where the output went.
+    size_bytes: int | None = None
 
     @field_validator("size_bytes", mode="before")
     @classmethod
@@ -253,6 +270,7 @@ class TesOutputFileLog(TesModel):
 class TesTaskLog(TesModel):
     logs: list[TesExecutorLog] = Field(default_factory=list)
     metadata: dict[str, str] | None = None
+    _strings = field_validator("metadata", mode="before")(_string_map)
     start_time: str | None = None
     end_time: str | None = None
     outputs: list[TesOutputFileLog] = Field(default_factory=list)
@@ -275,6 +293,7 @@ class TesTask(TesModel):
     volumes: list[str] | None = None
     tags: dict[str, str] | None = None
     logs: list[TesTaskLog] | None = None
+    _strings = field_validator("tags", mode="before")(_string_map)
     creation_time: str | None = None
 
     @field_validator("volumes")
@@ -375,7 +394,8 @@ class TesOrganization(TesModel):
 class TesServiceInfo(TesModel):
     id: str
     name: str
-    type: TesServiceType
+    #: Required by the spec; optional here so that a server omitting it still connects.
+    type: TesServiceType | None = None
     description: str | None = None
     organization: TesOrganization | None = None
     contactUrl: str | None = None
@@ -383,6 +403,6 @@ class TesServiceInfo(TesModel):
     createdAt: str | None = None
     updatedAt: str | None = None
     environment: str | None = None
-    version: str
+    version: str | None = None
     storage: list[str] | None = None
     tesResources_backend_parameters: list[str] | None = None

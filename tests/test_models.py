@@ -504,3 +504,46 @@ def _without_empty_strings(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_empty_strings(v) for v in value]
     return value
+
+
+# -- answers the spec allows must never fail a finished task (issue: truthful outcomes) ------------
+
+
+def test_spec_valid_answer_with_loose_values_is_read() -> None:
+    """The spec's own example has ``slurmm_id: 123456`` (a number) in a string map."""
+    answer = {
+        "id": "t1",
+        "state": "COMPLETE",
+        "tags": {"run": 42, "ok": True, "text": "x"},
+        "resources": {"cpu_cores": 0.5, "backend_parameters": {"slots": 4}},
+        "executors": [{"image": "a", "command": ["b"], "env": {"N": 1}}],
+        "logs": [
+            {
+                "metadata": {"slurmm_id": 123456},
+                "logs": [{"exit_code": 0}],
+                "outputs": [{"url": "s3://b/o", "path": "/o"}],
+            }
+        ],
+    }
+    task = TesTask.from_response(answer)
+    assert task.tags == {"run": "42", "ok": "true", "text": "x"}
+    assert task.resources is not None
+    assert task.resources.cpu_cores == 0.5
+    assert task.resources.backend_parameters == {"slots": "4"}
+    assert task.executors[0].env == {"N": "1"}
+    assert task.last_log is not None
+    assert task.last_log.metadata == {"slurmm_id": "123456"}
+    assert task.last_log.outputs[0].size_bytes is None
+
+
+def test_requests_stay_strict() -> None:
+    with pytest.raises(ValueError, match="whole number"):
+        TesResources.model_validate({"cpu_cores": 0.5})
+    with pytest.raises(ValueError, match="valid string"):
+        TesTask.model_validate({"executors": [{"image": "a", "command": ["b"]}], "tags": {"n": 1}})
+
+
+def test_service_info_without_type_or_version() -> None:
+    info = TesServiceInfo.from_response({"id": "org.example", "name": "tes"})
+    assert info.type is None
+    assert info.version is None

@@ -110,6 +110,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         {"inputs": {"/data/x": "s3://b/x"}, "outputs": {"/data/x": "s3://b/y"}},
         "more than once",
     ),
+    ("wildcard in the mapping form", {"outputs": {"/mnt/task/work/*.txt": "s3://b/o/"}}, "path_prefix"),
     ("wildcard without prefix", {"outputs": [{"path": "/out/*.txt", "url": "s3://b/o/"}]}, "path_prefix"),
     ("negative ram", {"ram_gb": -1}, "'ram_gb'"),
     ("zero cpu", {"cpu_cores": 0}, "'cpu_cores'"),

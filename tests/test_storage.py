@@ -59,7 +59,7 @@ def test_aws_connection_id_is_resolved_in_one_order() -> None:
     assert resolve_aws_conn_id("", None) == DEFAULT_AWS_CONN_ID == "aws_default"
 
 
-@pytest.mark.parametrize("url", ["gs://bucket/x", "file:///tmp/x", "/tmp/x", "https://host/x"])
+@pytest.mark.parametrize("url", ["gs://bucket/x", "/tmp/x", "https://host/x"])
 def test_a_scheme_without_a_store_is_a_configuration_error(url: str) -> None:
     with pytest.raises(TesConfigurationError, match=r"no object store.*s3://"):
         object_store_for(url)
@@ -161,3 +161,16 @@ def test_upload_file_refuses_bytes_that_do_not_hash_to_the_key(
 
     assert store.stat(url) is None
     assert not s3_client.list_multipart_uploads(Bucket=split(url)[0]).get("Uploads")
+
+
+def test_file_urls_are_read_where_the_worker_shares_the_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "stdout"
+    path.write_bytes(b"x" * 10 + b"tail")
+    url = f"file://{path}"
+    store = object_store_for(url)
+    assert store.read_tail(url, 4) == b"tail"
+    assert store.size(url) == 14
+    with pytest.raises(ObjectNotFoundError):
+        store.read_tail(f"file://{tmp_path}/missing", 4)
+    with pytest.raises(TesConfigurationError, match="stages to s3:// only"):
+        store.put_bytes(url, b"no")

@@ -406,7 +406,8 @@ class TesHook(BaseHook):
             info = self.get_service_info()
         except TesError as err:
             return False, str(err)
-        return True, f"Connected to {info.name} {info.version} ({info.id}) at {self.settings.base_url}"
+        version = info.version or "(no version given)"
+        return True, f"Connected to {info.name} {version} ({info.id}) at {self.settings.base_url}"
 
     # -- async API ----------------------------------------------------------------------------------
 
