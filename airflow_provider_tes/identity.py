@@ -187,12 +187,14 @@ class Tenant:
     Deployments that share a secret and a TES server must set distinct names.
 
     The secret is the first of: the TES connection's extra ``tenant_secret``; ``[tes]
-    tenant_secret`` (``AIRFLOW__TES__TENANT_SECRET``); ``[core] fernet_key`` (its first key;
-    already secret, and the same on every component of a deployment); the connection's own
-    credential (password, token or client secret), which a co-tenant of the server does not
-    hold. It is never sent: only a key derived from it signs. A deployment with none of these
-    (no auth, nothing configured) signs with a key of its own process, so nothing it submits is
-    ever adopted by another process: retries submit anew instead of reattaching.
+    tenant_secret`` (``AIRFLOW__TES__TENANT_SECRET``); ``[core] fernet_key`` (its first key),
+    which a deployment that sets it already keeps secret and which differs between deployments
+    (prod and staging may well share a TES login); last, the connection's own credential
+    (password, token or client secret), which other users of the server do not hold. Every
+    worker must see the same one, or the workers cannot verify each other's tasks (they then
+    submit anew: safe, not shared). The secret is never sent: a key derived from it signs. A
+    deployment with none of these (no auth, nothing configured) signs with a key of its own
+    process, so no other process adopts what it submits: retries submit anew.
 
     Rotating the secret (or the name) means tasks submitted before no longer verify: a new try
     submits a new task instead of reattaching to one still running, and an ambiguous create
@@ -207,7 +209,7 @@ class Tenant:
     deployment: str
     key: bytes = field(repr=False)
     #: Where the key came from, for messages (never the secret itself).
-    source: str = "connection"
+    source: str = "given"
 
     @property
     def durable(self) -> bool:
@@ -249,7 +251,7 @@ class Tenant:
             return False
         if any(key not in have for key in _SIGNED_TAGS):
             return False
-        return hmac.compare_digest(self._mac(have), have[IDENTITY_MAC_TAG])
+        return hmac.compare_digest(self._mac(have).encode(), have[IDENTITY_MAC_TAG].encode())
 
     def adopts(
         self, identity: TaskIdentity, tags: Mapping[str, Any] | None

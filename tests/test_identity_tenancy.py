@@ -107,6 +107,9 @@ def test_owns_only_what_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not prod.owns({**legacy, DEPLOYMENT_TAG: "prod"})
     assert not prod.owns({**tags, IDENTITY_MAC_TAG: "v1:" + "0" * 64})
     assert not prod.owns({**tags, IDENTITY_MAC_TAG: ""})
+    assert not prod.owns({**tags, IDENTITY_MAC_TAG: "v1:\u00e9" * 20}), (
+        "non-ASCII tags are refused, not raised"
+    )
     assert not prod.owns(None)
     # The tag covers every field of the identity: copying it onto another one does not verify.
     for key, value in [
