@@ -19,7 +19,12 @@ from urllib.parse import unquote, urlsplit
 import pydantic
 
 from airflow_provider_tes._local_inputs import check_local_input
-from airflow_provider_tes.container import RESERVED_PATHS
+from airflow_provider_tes.container import (
+    GUEST_TASK_DIR,
+    GUEST_WORK_DIR,
+    RESERVED_PATHS,
+    reserved_by_operator,
+)
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.models import TesFileType, TesInput, TesOutput
 
@@ -29,6 +34,9 @@ REMOTE_INPUT_SCHEMES = frozenset({"s3", "gs", "http", "https", "ftp", "drs", "az
 OUTPUT_SCHEMES = frozenset({"s3", "gs", "ftp", "az", "abfs", "file"})
 #: Where ``inputs_url`` may point: the object stores every TES server can fetch from.
 STAGING_SCHEMES = frozenset({"s3"})
+
+#: Arguments whose container paths are mounted or uploaded: none may touch the operator's files.
+MOUNT_ARGUMENTS = frozenset({"inputs", "outputs", "volumes", "disk_gb"})
 
 GIB_IN_GB = 1024**3 / 1000**3
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -86,11 +94,25 @@ def validate_container_path(argument: str, path: Any) -> str:
         )
     if posixpath.normpath(path) != path.rstrip("/") and path != "/":
         raise argument_error(argument, f"container path {path!r} must be normalised (no '.', '..' or '//')")
-    if path.rstrip("/") in RESERVED_PATHS:
+    if argument in MOUNT_ARGUMENTS:
+        check_not_reserved(argument, path)
+    elif path.rstrip("/") in RESERVED_PATHS:
         raise argument_error(
             argument, f"container path {path!r} is used by the operator itself; pick another path"
         )
     return path
+
+
+def check_not_reserved(argument: str, path: str) -> None:
+    """Refuse a mount or upload that would touch the operator's files (see ``reserved_by_operator``)."""
+    if reserved_by_operator(path):
+        raise argument_error(
+            argument,
+            f"container path {path!r} is used by the operator itself: {GUEST_TASK_DIR} holds the command "
+            f"script, its stdout, stderr and exit code and the work directory, so nothing may be placed "
+            f"at, above or inside it; use another path such as '/data/...', or a path inside "
+            f"'{GUEST_WORK_DIR}/' for files the command reads or writes in its working directory",
+        )
 
 
 def _scheme(url: str) -> str:
@@ -201,6 +223,7 @@ def plan_outputs(outputs: Mapping[str, Any] | Sequence[Any] | None) -> list[TesO
                 if container_path is not None:
                     data.setdefault("path", container_path)
                 result.append(TesOutput.model_validate(data))
+                check_not_reserved("outputs", result[-1].path)
             except pydantic.ValidationError as err:
                 raise argument_error(
                     "outputs", f"output {container_path or target!r} is invalid: {err.errors()[0]['msg']}"

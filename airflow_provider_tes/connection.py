@@ -189,6 +189,14 @@ class TesConnectionExtras(BaseModel):
         description="Comma-separated worker directories that local inputs may come from; any other "
         "local path is refused (recommended when inputs come from run configuration).",
     )
+    tenant_secret: Text = Field(
+        None,
+        title="Tenant secret",
+        description="Key of the tag that marks this deployment's tasks, so a retry adopts only its own "
+        "(default: [tes] tenant_secret, then [core] fernet_key, then the credential). Kept secret.",
+        repr=False,
+        json_schema_extra={"format": "password"},
+    )
     task_link_template: Text = Field(
         None,
         title="Task link template",
@@ -263,6 +271,7 @@ class TesConnection(BaseModel):
     aws_conn_id: str | None = None
     allowed_local_roots: tuple[str, ...] | None = None
     task_link_template: str | None = None
+    tenant_secret: str | None = Field(default=None, repr=False)
     token_url: str | None = None
     scope: str | None = None
 
@@ -302,8 +311,10 @@ class TesConnection(BaseModel):
                 )
             _check_url(extras.token_url, "extra 'token_url'", conn_id)
             secret = password
-        if secret:
-            mask(secret)
+        tenant_secret = _credential(extras.tenant_secret, "extra 'tenant_secret'", conn_id)
+        for value in (secret, tenant_secret):
+            if value:
+                mask(value)
         return cls(
             conn_id=conn_id,
             base_url=base_url,
@@ -324,6 +335,7 @@ class TesConnection(BaseModel):
             if extras.allowed_local_roots is None
             else tuple(r.strip() for r in extras.allowed_local_roots.split(",") if r.strip()),
             task_link_template=extras.task_link_template,
+            tenant_secret=tenant_secret,
             token_url=extras.token_url,
             scope=extras.scope,
         )

@@ -8,8 +8,9 @@ Every task looks the same to users and to the code that reads its results::
     /mnt/task/stderr     the command's stderr, uploaded as a FILE output
     /mnt/task/exit_code  the command's exit code, written by the wrapper below
 
-This module is the one home of those paths, of the wrapper that fills them, and of reading
-the exit code back.
+This module is the one home of those paths, of the wrapper that fills them, of which paths
+users may therefore not mount or upload (:func:`reserved_by_operator`), and of reading the
+exit code back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from airflow_provider_tes.identity import OutputFolder
 from airflow_provider_tes.models import MAX_INLINE_CONTENT_BYTES, TesExecutor, TesFileType, TesOutput
 
+GUEST_TASK_DIR = "/mnt/task"
 GUEST_COMMAND_PATH = "/mnt/task/command"
 GUEST_WORK_DIR = "/mnt/task/work"
 GUEST_STDOUT_PATH = "/mnt/task/stdout"
@@ -45,6 +47,29 @@ _WRAPPER = (
     f"cat {GUEST_STDOUT_PATH}; cat {GUEST_STDERR_PATH} >&2; "
     f"printf '\\n{EXIT_CODE_MARKER}%s\\n' \"$rc\"; exit 0"
 )
+
+
+def reserved_by_operator(path: str) -> bool:
+    """Whether an input, output or volume at ``path`` would touch what the operator places.
+
+    :data:`GUEST_TASK_DIR` belongs to the operator: a mount at it or above it (``/``, ``/mnt``)
+    hides the command script and the work directory, one inside it replaces the script or an
+    output, and an output there uploads the script (and any secret in it). Only paths strictly
+    inside the work directory are the user's: the command writes its files there, and inputs
+    placed there are found by relative path. A glob (``*``, ``?``, ``[``) counts as every path
+    it may match, i.e. anything below its fixed directory part.
+    """
+    glob = next((i for i, char in enumerate(path) if char in "*?["), None)
+    below_only = glob is not None  # a glob matches only paths below its fixed directory
+    if glob is not None:
+        path = path[:glob].rsplit("/", 1)[0]
+    path = path.rstrip("/") or "/"
+    inside_work = path.startswith(GUEST_WORK_DIR + "/") or (below_only and path == GUEST_WORK_DIR)
+    if inside_work:
+        return False
+    if path == "/" or path == GUEST_TASK_DIR or GUEST_TASK_DIR.startswith(path + "/"):
+        return True
+    return path.startswith(GUEST_TASK_DIR + "/")
 
 
 def script_fits_inline(script: str) -> bool:

@@ -8,20 +8,39 @@ readers depend on the same rules and so must not each keep their own copy of the
   (reattach) and needs its try number, attempt and output folder back from the task;
 * an ambiguous create looks the task up by its name and tags before resending it;
 * the shared poller lists tasks by the tag every submitted task carries (:data:`COALESCE_TAG`).
+
+Names and tags are predictable, so they cannot say on their own whose a task is: another
+Airflow deployment running the same DAG (staging next to prod), or anyone else allowed to
+submit to the same TES server, can make a task with the same name and tags. So every
+submitted task also carries its deployment's name and a tag only a holder of the tenant
+secret can make (:class:`Tenant`); reattach and the ambiguous-create lookup adopt only tasks
+whose tag verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tes.redaction import mask
+
+if TYPE_CHECKING:
+    from airflow_provider_tes.connection import TesConnection
 
 #: Every task the operator submits carries this tag (with the DAG id as value); the shared
 #: poller asks the server for the tasks that have it, whatever the value.
 COALESCE_TAG = "dag_id"
+#: The name of the Airflow deployment that submitted the task (see :class:`Tenant`).
+DEPLOYMENT_TAG = "deployment"
+#: HMAC-SHA256 of the task's identity, keyed by the tenant secret (see :class:`Tenant`).
+IDENTITY_MAC_TAG = "identity_hmac"
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _INSTANCE_KEYS = ("dag_id", "task_id", "run_id", "map_index")
@@ -140,3 +159,116 @@ class OutputFolder:
         if not stdout_url or not stdout_url.endswith("/stdout"):
             return None
         return cls(stdout_url.removesuffix("stdout"))
+
+
+# -- tenancy ------------------------------------------------------------------------------------------
+
+#: What the identity tag covers, in this order (with the deployment name first).
+_SIGNED_TAGS = ("dag_id", "task_id", "run_id", "map_index", "try_number", "attempt")
+_MAC_VERSION = "v1"
+_KEY_CONTEXT = b"airflow-provider-tes tenant key v1"
+_PLACEHOLDER = re.compile(r"\{[A-Z_]+\}")  # an unfilled airflow.cfg template value, e.g. {FERNET_KEY}
+#: The key of a process that found no secret: what it signs verifies nowhere else.
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Whose tasks these are: a deployment's name and the key that signs its tasks' identity.
+
+    Every submitted task carries ``deployment`` (:data:`DEPLOYMENT_TAG`) and an HMAC-SHA256
+    over the deployment, DAG id, task id, run id, map index, try number and attempt
+    (:data:`IDENTITY_MAC_TAG`). A task is adopted (reattach, ambiguous-create lookup) only when
+    both are this tenant's: without the secret the tag cannot be made, and two deployments
+    sharing a secret are still kept apart by their names.
+
+    The deployment name is ``[tes] deployment_name`` (``AIRFLOW__TES__DEPLOYMENT_NAME``); by
+    default ``airflow-`` and 12 hex digits derived from the secret, stable as long as it is.
+    Deployments that share a secret and a TES server must set distinct names.
+
+    The secret is the first of: the TES connection's extra ``tenant_secret``; ``[tes]
+    tenant_secret`` (``AIRFLOW__TES__TENANT_SECRET``); ``[core] fernet_key`` (its first key),
+    which a deployment that sets it already keeps secret and which differs between deployments
+    (prod and staging may well share a TES login); last, the connection's own credential
+    (password, token or client secret), which other users of the server do not hold. Every
+    worker must see the same one, or the workers cannot verify each other's tasks (they then
+    submit anew: safe, not shared). The secret is never sent: a key derived from it signs. A
+    deployment with none of these (no auth, nothing configured) signs with a key of its own
+    process, so no other process adopts what it submits: retries submit anew.
+
+    Rotating the secret (or the name) means tasks submitted before no longer verify: a new try
+    submits a new task instead of reattaching to one still running, and an ambiguous create
+    made just before the rotation may be sent twice. Waiting for a task is by its id and is
+    unaffected. Tasks submitted by provider versions without this tag are never adopted.
+
+    What it does not stop: a task's tags can be read by whoever may list the server's tasks,
+    and copied onto a task of their own for the same identity (a replay). Keep the listing of
+    tasks private to their owners on shared servers.
+    """
+
+    deployment: str
+    key: bytes = field(repr=False)
+    #: Where the key came from, for messages (never the secret itself).
+    source: str = "given"
+
+    @property
+    def durable(self) -> bool:
+        """Whether other processes of this deployment can verify what this one signs."""
+        return self.key != _PROCESS_KEY
+
+    @classmethod
+    def of_connection(cls, settings: TesConnection) -> Tenant:
+        """The tenant of tasks submitted through ``settings`` (the TES connection) from here."""
+        source, secret = "the connection's extra 'tenant_secret'", settings.tenant_secret
+        if not secret:
+            source, secret = "[tes] tenant_secret", _config("tes", "tenant_secret")
+            if secret:
+                mask(secret)
+        if not secret:
+            fernet = _config("core", "fernet_key")
+            source, secret = "[core] fernet_key", fernet.split(",")[0].strip() if fernet else None
+        if not secret:
+            source, secret = "the connection's credential", settings.secret
+        key = _PROCESS_KEY
+        if secret:
+            key = hmac.new(secret.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
+        else:
+            source = "a key of this process (no tenant secret is configured)"
+        name = _config("tes", "deployment_name")
+        if not name:
+            derived = hmac.new(key, b"deployment name", hashlib.sha256).hexdigest()[:12]
+            name = f"airflow-{derived}" if secret else "airflow"
+        return cls(deployment=name, key=key, source=source)
+
+    def tags(self, identity: TaskIdentity, attempt: int = 0) -> dict[str, str]:
+        """The tenant tags of submission ``attempt`` of ``identity`` (added to its identity tags)."""
+        return {DEPLOYMENT_TAG: self.deployment, IDENTITY_MAC_TAG: self._mac(identity.tags(attempt))}
+
+    def owns(self, tags: Mapping[str, Any] | None) -> bool:
+        """Whether a task with ``tags`` was submitted by this tenant: its name and a verifying tag."""
+        have = {k: str(v) for k, v in (tags or {}).items()}
+        if have.get(DEPLOYMENT_TAG) != self.deployment or IDENTITY_MAC_TAG not in have:
+            return False
+        if any(key not in have for key in _SIGNED_TAGS):
+            return False
+        return hmac.compare_digest(self._mac(have).encode(), have[IDENTITY_MAC_TAG].encode())
+
+    def adopts(
+        self, identity: TaskIdentity, tags: Mapping[str, Any] | None
+    ) -> tuple[TaskIdentity, int] | None:
+        """:meth:`TaskIdentity.submission_of`, for a task of this tenant only."""
+        submission = identity.submission_of(tags)
+        return submission if submission is not None and self.owns(tags) else None
+
+    def _mac(self, tags: Mapping[str, str]) -> str:
+        message = json.dumps([_MAC_VERSION, self.deployment, *(tags[key] for key in _SIGNED_TAGS)])
+        return f"{_MAC_VERSION}:{hmac.new(self.key, message.encode(), hashlib.sha256).hexdigest()}"
+
+
+def _config(section: str, key: str) -> str | None:
+    """An Airflow configuration value; unset, blank and unfilled template values are ``None``."""
+    from airflow.sdk import conf
+
+    value = conf.get(section, key, fallback=None)
+    value = str(value).strip() if value is not None else ""
+    return None if not value or _PLACEHOLDER.fullmatch(value) else value

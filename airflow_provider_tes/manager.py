@@ -19,7 +19,7 @@ from airflow_provider_tes.container import (
     GUEST_STDOUT_PATH,
 )
 from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
-from airflow_provider_tes.identity import OutputFolder, TaskIdentity
+from airflow_provider_tes.identity import OutputFolder, TaskIdentity, Tenant
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
 from airflow_provider_tes.run_state import RunState
@@ -49,8 +49,16 @@ class TesTaskManager:
     log: logging.Logger | Any
     _plan: TaskPlan | None = field(default=None, init=False)
     _template: TaskTemplate | None = field(default=None, init=False)
+    _tenant: Tenant | None = field(default=None, init=False)
     #: The FULL view of the task the outcome was read from (for lineage).
     finished_task: TesTask | None = field(default=None, init=False)
+
+    @property
+    def tenant(self) -> Tenant:
+        """Whose tasks this manager submits and adopts (:class:`~airflow_provider_tes.identity.Tenant`)."""
+        if self._tenant is None:
+            self._tenant = Tenant.of_connection(self.hook.settings)
+        return self._tenant
 
     @property
     def aws_conn_id(self) -> str:
@@ -127,6 +135,9 @@ class TesTaskManager:
         attempt = run_state.next_attempt
         preemptible = run_state.preemptible_left > 0
         request = template.request(run_state.identity, attempt, preemptible=preemptible)
+        # Signed, so an ambiguous create's look-up (exact tags) finds only this tenant's task.
+        signed = {**(request.tags or {}), **self.tenant.tags(run_state.identity, attempt)}
+        request = request.model_copy(update={"tags": signed})
         tes_id = self.hook.create_task(request)
         self.log.info(
             "Submitted TES task %s (%s, attempt %d, preemptible=%s)",
@@ -141,16 +152,35 @@ class TesTaskManager:
         """The still-active TES task of an earlier try of this task instance, if any.
 
         A worker that died after submitting, or a lost triggerer, leaves the TES task
-        running; a new try must not start a second one. Finished tasks are never reused.
+        running; a new try must not start a second one. Finished tasks are never reused, and
+        only this tenant's tasks are adopted: one whose deployment or identity tag does not
+        verify (another deployment's, a planted one, one submitted before tasks were signed)
+        is left alone and a new task is submitted.
         """
         if identity.try_number <= 1:
             return None
+        tenant = self.tenant
+        if not tenant.durable:
+            self.log.warning(
+                "No tenant secret is configured (extra 'tenant_secret' of the TES connection, or "
+                "[tes] tenant_secret): an earlier try's TES task cannot be verified, so none is reattached"
+            )
+            return None
         candidates = self.hook.list_tasks(name_prefix=identity.instance_prefix, view=TesView.BASIC)
         for candidate in candidates:
-            submission = identity.submission_of(candidate.tags)
-            if submission is None or not candidate.id:
+            if identity.submission_of(candidate.tags) is None or not candidate.id:
                 continue
             if candidate.state is None or not candidate.state.is_active:
+                continue
+            submission = tenant.adopts(identity, candidate.tags)
+            if submission is None:
+                self.log.warning(
+                    "Not reattaching to TES task %s: it is not signed by deployment %r with the key "
+                    "from %s (another deployment's task, one submitted before the key changed, or a forgery)",
+                    candidate.id,
+                    tenant.deployment,
+                    tenant.source,
+                )
                 continue
             earlier, attempt = submission
             stdout = next((o.url for o in candidate.outputs or [] if o.path == GUEST_STDOUT_PATH), None)

@@ -96,7 +96,8 @@ def test_form_types_enum_and_secret() -> None:
     assert form["verify"]["schema"] == {"type": ["boolean", "null"], "default": True}
     assert form["auth_type"]["schema"]["enum"] == ["auto", "none", "basic", "bearer", "oauth2"]
     assert form["token"]["schema"]["format"] == "password"
-    assert [key for key, f in form.items() if f["schema"].get("format") == "password"] == ["token"]
+    secret_fields = [key for key, f in form.items() if f["schema"].get("format") == "password"]
+    assert secret_fields == ["token", "tenant_secret"]
 
 
 def test_defaults_come_from_the_model() -> None:

@@ -354,6 +354,11 @@ class TesHook(BaseHook):
         if the server has it, its id is returned; if not, the create is sent again. The
         operator gives every task a name unique to the Airflow try, which is what makes the
         lookup exact. A nameless task cannot be looked up, so its ambiguous failure is raised.
+
+        Only a task with every tag of ``task`` is taken for it. The operator's tasks carry their
+        deployment and an identity tag signed with the tenant secret
+        (:class:`~airflow_provider_tes.identity.Tenant`), so another deployment's task, or one
+        planted with the same name, is never taken for this one: the create is sent again.
         """
         req = _requests.create_task(task)
         for attempt in tenacity.Retrying(**self._create_policy(task)):
@@ -388,7 +393,8 @@ class TesHook(BaseHook):
 
         Asks the server to filter by name prefix and TES 1.1 tags; a server that refuses the
         tag filter (400) is asked by name prefix alone. Name and tags are checked here too,
-        so the answer is right on servers that ignore either filter.
+        so the answer is right on servers that ignore either filter. Tags are compared
+        exactly, so a signed tag in ``tags`` (see :meth:`create_task`) is verified by the match.
         """
         try:
             candidates = list(self.list_tasks(name_prefix=name, tags=tags, view=TesView.BASIC))
