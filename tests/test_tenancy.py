@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from tes_proxy import TesProxy
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import DEPLOYMENT_TAG, IDENTITY_MAC_TAG, TaskIdentity, Tenant
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.run_state import RunState
+from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
 
