@@ -398,10 +398,10 @@ class TesServiceInfo(TesModel):
     type: TesServiceType | None = None
     description: str | None = None
     organization: TesOrganization | None = None
-    contactUrl: str | None = None
-    documentationUrl: str | None = None
-    createdAt: str | None = None
-    updatedAt: str | None = None
+    contact_url: str | None = Field(None, alias="contactUrl")
+    documentation_url: str | None = Field(None, alias="documentationUrl")
+    created_at: str | None = Field(None, alias="createdAt")
+    updated_at: str | None = Field(None, alias="updatedAt")
     environment: str | None = None
     version: str | None = None
     storage: list[str] | None = None

@@ -151,20 +151,23 @@ def retry_policy(
 
 #: What a transport failure means, by type. httpx's own text is not used: h11 quotes the header
 #: it refuses (``Illegal header value b'Bearer ...'``), so it may carry a credential.
-_TRANSPORT_SUMMARIES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
-    (httpx.ConnectTimeout, "no connection within the timeout"),
-    (httpx.PoolTimeout, "no free connection within the timeout"),
-    (httpx.ReadTimeout, "no answer within the timeout"),
-    (httpx.WriteTimeout, "the request could not be sent within the timeout"),
-    (httpx.ConnectError, "could not connect"),
-    (httpx.ProxyError, "the proxy refused the request"),
-    (httpx.UnsupportedProtocol, "the URL's scheme is not supported"),
-    (httpx.LocalProtocolError, "httpx refused to send the request (an invalid header or body)"),
-    (httpx.RemoteProtocolError, "the server broke the HTTP protocol or closed the connection"),
-    (httpx.ReadError, "the connection broke while the answer was read"),
-    (httpx.WriteError, "the connection broke while the request was sent"),
-    (httpx.DecodingError, "the answer's content encoding could not be decoded"),
-)
+#: Timeouts first: what did not happen within the timeout.
+_TIMEOUT_SUMMARIES: dict[type[httpx.HTTPError], str] = {
+    httpx.ConnectTimeout: "no connection",
+    httpx.PoolTimeout: "no free connection",
+    httpx.ReadTimeout: "no answer",
+    httpx.WriteTimeout: "the request could not be sent",
+}
+_TRANSPORT_SUMMARIES: dict[type[httpx.HTTPError], str] = {
+    httpx.ConnectError: "could not connect",
+    httpx.ProxyError: "the proxy refused the request",
+    httpx.UnsupportedProtocol: "the URL's scheme is not supported",
+    httpx.LocalProtocolError: "httpx refused to send the request (an invalid header or body)",
+    httpx.RemoteProtocolError: "the server broke the HTTP protocol or closed the connection",
+    httpx.ReadError: "the connection broke while the answer was read",
+    httpx.WriteError: "the connection broke while the request was sent",
+    httpx.DecodingError: "the answer's content encoding could not be decoded",
+}
 
 
 def describe_transport_failure(err: httpx.HTTPError) -> str:
@@ -174,7 +177,10 @@ def describe_transport_failure(err: httpx.HTTPError) -> str:
     header exists before the connection does.
     """
     kind = type(err).__name__
-    summary = next((text for cls, text in _TRANSPORT_SUMMARIES if isinstance(err, cls)), "transport error")
+    summary = next(
+        (f"{text} within the timeout" for cls, text in _TIMEOUT_SUMMARIES.items() if isinstance(err, cls)),
+        next((text for cls, text in _TRANSPORT_SUMMARIES.items() if isinstance(err, cls)), "transport error"),
+    )
     if isinstance(err, httpx.ConnectError) and str(err):
         summary = f"{summary}: {str(err)[:300]}"
     return f"{kind}: {summary}"

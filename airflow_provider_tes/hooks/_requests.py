@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 from airflow_provider_tes.connection import TesConnection
@@ -44,12 +44,23 @@ def create_task(task: TesTask) -> Request[TesCreateTaskResponse]:
     return Request("POST", "tasks", TesCreateTaskResponse, body=task.to_request(), idempotent=False)
 
 
+class TaskFilter(TypedDict, total=False):
+    """What a ListTasks call selects (TES 1.1): the arguments of ``list_tasks``/``a_list_tasks``."""
+
+    name_prefix: str | None
+    state: TesState | str | None
+    tags: Mapping[str, str] | None
+    view: TesView | str
+    page_size: int | None
+
+
 def list_params(
-    name_prefix: str | None,
-    state: TesState | str | None,
-    tags: Mapping[str, str] | None,
-    view: TesView | str,
-    page_size: int | None,
+    *,
+    name_prefix: str | None = None,
+    state: TesState | str | None = None,
+    tags: Mapping[str, str] | None = None,
+    view: TesView | str = TesView.MINIMAL,
+    page_size: int | None = None,
 ) -> Params:
     """The query of a ListTasks call, without its page token."""
     if page_size is not None and not 0 < page_size < MAX_PAGE_SIZE:

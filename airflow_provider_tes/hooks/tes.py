@@ -9,10 +9,11 @@ request (``hooks/_requests.py``), sends it through ``_call`` (sync) or ``_a_call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import httpx
 import tenacity
@@ -44,7 +45,8 @@ from airflow_provider_tes.hooks._http import (
     scrubbed,
     transport_failure,
 )
-from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesView
+from airflow_provider_tes.hooks._requests import TaskFilter
+from airflow_provider_tes.models import TesServiceInfo, TesTask, TesView
 from airflow_provider_tes.redaction import Scrubber
 
 
@@ -242,48 +244,40 @@ class TesHook(BaseHook):
     def _retrying(self, settings: TesConnection) -> dict[str, Any]:
         return retry_policy(settings.retries, self.retry_min_wait, self.retry_max_wait, self.log, self._scrub)
 
-    def _call(self, req: Request[M]) -> M:
-        client = self.get_conn()
-        settings = self.settings
-        assert self._gate is not None
+    @contextlib.contextmanager
+    def _scrubbed_errors(self) -> Iterator[None]:
+        """What leaves the request path: the final typed error, with every known secret scrubbed."""
         try:
-            for attempt in tenacity.Retrying(**self._retrying(settings)):
-                with attempt:
-                    with self._gate:
-                        try:
-                            response, body = self._exchange(client, req, settings)
-                        except httpx.HTTPError as err:
-                            # not chained: the httpx error's text may quote a header
-                            raise transport_failure(req, err, settings) from None
-                        except TimeoutError:
-                            raise deadline_failure(req, settings) from None
-                    return interpret(req, response, body, settings)
+            yield
         except Retryable as final:
             raise scrubbed(final.error, self._scrub) from None
         except TesRequestError as err:
             raise scrubbed(err, self._scrub) from None
+
+    def _call(self, req: Request[M]) -> M:
+        client = self.get_conn()
+        settings = self.settings
+        assert self._gate is not None
+        with self._scrubbed_errors():
+            for attempt in tenacity.Retrying(**self._retrying(settings)):
+                with attempt:
+                    with self._gate, _typed_failures(req, settings):
+                        response, body = self._exchange(client, req, settings)
+                    return interpret(req, response, body, settings)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _a_call(self, req: Request[M]) -> M:
         client = await self.a_get_conn()
         settings = await self.a_settings()
         assert self._async_gate is not None
-        try:
+        with self._scrubbed_errors():
             async for attempt in tenacity.AsyncRetrying(**self._retrying(settings)):
                 with attempt:
                     async with self._async_gate:
-                        try:
+                        with _typed_failures(req, settings):
                             async with asyncio.timeout(settings.timeout):
                                 response, body = await self._a_exchange(client, req, settings)
-                        except httpx.HTTPError as err:
-                            raise transport_failure(req, err, settings) from None
-                        except TimeoutError:
-                            raise deadline_failure(req, settings) from None
                     return interpret(req, response, body, settings)
-        except Retryable as final:
-            raise scrubbed(final.error, self._scrub) from None
-        except TesRequestError as err:
-            raise scrubbed(err, self._scrub) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -328,16 +322,10 @@ class TesHook(BaseHook):
     def cancel_task(self, task_id: str) -> None:
         self._call(_requests.cancel_task(task_id))
 
-    def list_tasks(
-        self,
-        name_prefix: str | None = None,
-        state: TesState | str | None = None,
-        tags: Mapping[str, str] | None = None,
-        view: TesView | str = TesView.MINIMAL,
-        page_size: int | None = None,
-    ) -> Iterator[TesTask]:
-        """Every matching task, following page tokens until an empty token or empty page."""
-        params = _requests.list_params(name_prefix, state, tags, view, page_size)
+    def list_tasks(self, **select: Unpack[TaskFilter]) -> Iterator[TesTask]:
+        """Every matching task (name prefix, state, tags, view, page size), following page tokens
+        until an empty token or empty page."""
+        params = _requests.list_params(**select)
         pager = _requests.Pager(params, self.settings)
         while True:
             req = pager.request()
@@ -426,15 +414,8 @@ class TesHook(BaseHook):
     async def a_cancel_task(self, task_id: str) -> None:
         await self._a_call(_requests.cancel_task(task_id))
 
-    async def a_list_tasks(
-        self,
-        name_prefix: str | None = None,
-        state: TesState | str | None = None,
-        tags: Mapping[str, str] | None = None,
-        view: TesView | str = TesView.MINIMAL,
-        page_size: int | None = None,
-    ) -> AsyncIterator[TesTask]:
-        params = _requests.list_params(name_prefix, state, tags, view, page_size)
+    async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncIterator[TesTask]:
+        params = _requests.list_params(**select)
         pager = _requests.Pager(params, await self.a_settings())
         while True:
             req = pager.request()
@@ -443,3 +424,14 @@ class TesHook(BaseHook):
                 yield task
             if not pager.advance(page, req):
                 return
+
+
+@contextlib.contextmanager
+def _typed_failures(req: Request[Any], settings: TesConnection) -> Iterator[None]:
+    """One exchange's failures as the hook's errors; not chained, as httpx's text may quote a header."""
+    try:
+        yield
+    except httpx.HTTPError as err:
+        raise transport_failure(req, err, settings) from None
+    except TimeoutError:
+        raise deadline_failure(req, settings) from None
