@@ -31,6 +31,32 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.triggers.tes"]}
         ],
+        "config": {
+            "tes": {
+                "description": "Settings of the GA4GH TES provider shared by every TES connection.",
+                "options": {
+                    "deployment_name": {
+                        "description": "Name of this Airflow deployment, tagged on every TES task it "
+                        "submits; give each deployment that shares a TES server its own. Empty: "
+                        "derived from the tenant secret.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "prod",
+                        "default": None,
+                    },
+                    "tenant_secret": {
+                        "description": "Key of the HMAC that proves a TES task was submitted by this "
+                        "deployment (reattach adopts only such tasks). Empty: the TES connection's "
+                        "'tenant_secret' extra, else [core] fernet_key, else the connection's credential.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "sensitive": True,
+                        "example": None,
+                        "default": None,
+                    },
+                },
+            }
+        },
         "extra-links": [
             "airflow_provider_tes.links.TesTaskLink",
             "airflow_provider_tes.links.TesOutputsLink",
