@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -42,19 +42,14 @@ from airflow_provider_tes.exceptions import (
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from tests.support.oidc import JwtGateway, OidcProvider
+from tests.support.spec import EXAMPLE_SERVICE_INFO
 from tests.support.stack import FunnelServer
 
 TOKEN_URL = "https://idp.test/oauth2/token"
 CLIENT_ID = "tes-client-id"
 SECRET = "cl1ent-S3cret+/=value"
 TES = "https://tes.test/ga4gh/tes/v1"
-SERVICE_INFO = {
-    "id": "org.example.tes",
-    "name": "Funnel",
-    "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
-    "organization": {"name": "Example", "url": "https://example.org"},
-    "version": "0.12.2",
-}
+SERVICE_INFO = EXAMPLE_SERVICE_INFO
 
 
 # -- a fake identity provider + TES in one MockTransport handler ----------------------------------
@@ -331,6 +326,14 @@ def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
     assert_no_secret(str(info.value))
 
 
+def run_in_threads(call: Callable[[], None], count: int) -> None:
+    threads = [threading.Thread(target=call) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+
 def test_concurrent_sync_requests_share_one_refresh() -> None:
     world = World(token_delay=0.3)
     auth = make_auth()
@@ -342,22 +345,14 @@ def test_concurrent_sync_requests_share_one_refresh() -> None:
             barrier.wait()
             statuses.append(c.get("tasks/x").status_code)
 
-        threads = [threading.Thread(target=call) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        run_in_threads(call, 12)
         assert statuses == [200] * 12
         assert len(world.token_requests) == 1
         # a revoked token: concurrent 401s lead to one refresh, not one each
         world.revoke()
         barrier.reset()
         statuses.clear()
-        threads = [threading.Thread(target=call) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        run_in_threads(call, 12)
         assert statuses == [200] * 12
         assert len(world.token_requests) == 2
 

@@ -36,7 +36,12 @@ from airflow_provider_tes.exceptions import (
 )
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesInput, TesState, TesTask, TesView
-from tests.support.spec import AsyncSpecCheckingTransport, SpecCheckingTransport, validate_response
+from tests.support.spec import (
+    EXAMPLE_SERVICE_INFO,
+    AsyncSpecCheckingTransport,
+    SpecCheckingTransport,
+    validate_response,
+)
 
 CONN_ID = "tes_unit"
 USER = "alice-user"
@@ -88,13 +93,7 @@ def respond(schema: str | None, data: Any, status: int = 200, **kwargs: Any) -> 
     return httpx.Response(status, json=data, **kwargs)
 
 
-SERVICE_INFO = {
-    "id": "org.example.tes",
-    "name": "Funnel",
-    "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
-    "organization": {"name": "Example", "url": "https://example.org"},
-    "version": "0.12.2",
-}
+SERVICE_INFO = EXAMPLE_SERVICE_INFO
 
 
 class Harness:

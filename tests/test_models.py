@@ -23,7 +23,7 @@ from airflow_provider_tes.models import (
     TesState,
     TesTask,
 )
-from tests.support.spec import schema_errors, validate_request_body, validate_response
+from tests.support.spec import EXAMPLE_SERVICE_INFO, schema_errors, validate_request_body, validate_response
 
 KIB = 1024
 
@@ -359,11 +359,8 @@ def test_list_and_create_responses() -> None:
 
 def test_service_info_response() -> None:
     doc = {
+        **EXAMPLE_SERVICE_INFO,
         "id": "org.example.funnel",
-        "name": "Funnel",
-        "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
-        "organization": {"name": "Example", "url": "https://example.org"},
-        "version": "0.12.2",
         "storage": ["s3://bucket"],
         "tesResources_backend_parameters": ["VmSize"],
         "x-extra": True,

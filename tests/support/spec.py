@@ -414,3 +414,13 @@ class AsyncSpecCheckingTransport(_SpecChecking, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+#: A spec-valid service-info answer (shaped like Funnel's), for fake servers in unit tests.
+EXAMPLE_SERVICE_INFO: dict[str, Any] = {
+    "id": "org.example.tes",
+    "name": "Funnel",
+    "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
+    "organization": {"name": "Example", "url": "https://example.org"},
+    "version": "0.12.2",
+}
