@@ -40,11 +40,16 @@ EXIT_CODE_MARKER = "airflow-provider-tes exit code: "
 # directory arrive on every server. The command's real exit code travels twice: as the last
 # line of the executor's stdout (servers keep it in the task log, which TES makes optional)
 # and as the exit_code output file; the result reads one of them or fails, never guesses.
-# The command's output is copied to the executor's own stdout/stderr after it ends, so TES
-# dashboards and the server's logs show it, not only the marker.
+# The command's output also goes to the executor's own stdout/stderr while it runs (through
+# two fifos and `tee`), so TES dashboards, the server's logs and the live logs in Airflow see
+# it; an image without mktemp/mkfifo/tee gets it copied there once the command has ended.
 _WRAPPER = (
-    f'"$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; echo "$rc" >{GUEST_EXIT_CODE_PATH}; '
-    f"cat {GUEST_STDOUT_PATH}; cat {GUEST_STDERR_PATH} >&2; "
+    'if d=$(mktemp -d 2>/dev/null) && mkfifo "$d/o" "$d/e" 2>/dev/null; then '
+    f'tee {GUEST_STDOUT_PATH} <"$d/o" & tee {GUEST_STDERR_PATH} <"$d/e" >&2 & '
+    '"$@" >"$d/o" 2>"$d/e"; rc=$?; wait; rm -rf "$d"; '
+    f'else "$@" >{GUEST_STDOUT_PATH} 2>{GUEST_STDERR_PATH}; rc=$?; '
+    f"cat {GUEST_STDOUT_PATH}; cat {GUEST_STDERR_PATH} >&2; fi; "
+    f'echo "$rc" >{GUEST_EXIT_CODE_PATH}; '
     f"printf '\\n{EXIT_CODE_MARKER}%s\\n' \"$rc\"; exit 0"
 )
 
