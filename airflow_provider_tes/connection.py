@@ -36,6 +36,8 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 5
 DEFAULT_MAX_CONCURRENCY = 10
 DEFAULT_POLL_INTERVAL = 5.0
+#: Seconds between two reads of a running task's executor log for the live logs.
+DEFAULT_LOG_INTERVAL = 10.0
 #: Largest answer body read (bytes, after content decoding); a larger one is an error.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: Most pages one listing may take; a server handing out tokens forever is stopped there.
@@ -98,6 +100,16 @@ Seconds = Annotated[float, BeforeValidator(_number(minimum=0.001))]
 Count = Annotated[int, BeforeValidator(_number(integer=True))]
 PositiveCount = Annotated[int, BeforeValidator(_number(integer=True, minimum=1))]
 Text = Annotated[str | None, BeforeValidator(_text)]
+
+
+def _seconds_or_off(value: Any) -> float | None:
+    """Seconds, or off: null, an empty value, 0 or "off"."""
+    if value is None or str(value).strip().lower() in ("", "off", "none", "0"):
+        return None
+    return float(_number(minimum=0.001)(value))
+
+
+SecondsOrOff = Annotated[float | None, BeforeValidator(_seconds_or_off)]
 
 
 def _roots(value: Any) -> str | None:
@@ -170,6 +182,12 @@ class TesConnectionExtras(BaseModel):
         DEFAULT_MAX_PAGES,
         title="Max pages per listing",
         description="Most pages one task listing may take before it is treated as a bad answer.",
+    )
+    log_interval: SecondsOrOff = Field(
+        DEFAULT_LOG_INTERVAL,
+        title="Live log interval (s)",
+        description="Seconds between reads of a running task's executor log, shown in the Airflow "
+        "task log while it runs; 0 or empty turns live logs off.",
     )
     poll_interval: Seconds = Field(
         DEFAULT_POLL_INTERVAL, title="Poll interval (s)", description="Default seconds between status polls."
@@ -266,6 +284,7 @@ class TesConnection(BaseModel):
     max_pages: int = DEFAULT_MAX_PAGES
     verify: bool | str = True
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    log_interval: float | None = DEFAULT_LOG_INTERVAL
     inputs_url: str | None = None
     outputs_url: str | None = None
     aws_conn_id: str | None = None
@@ -328,6 +347,7 @@ class TesConnection(BaseModel):
             max_pages=extras.max_pages,
             verify=extras.ca_bundle or extras.verify,
             poll_interval=extras.poll_interval,
+            log_interval=extras.log_interval,
             inputs_url=extras.inputs_url,
             outputs_url=extras.outputs_url,
             aws_conn_id=extras.aws_conn_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
-from airflow_provider_tes.exceptions import TesDeadlineExceededError, TesError
+from airflow_provider_tes.exceptions import TesDeadlineExceededError, TesError, TesStartupTimeoutError
 from airflow_provider_tes.models import TesState
 
 
@@ -25,6 +25,8 @@ class EventStatus(enum.StrEnum):
     ERROR = "error"
     #: The deadline passed; the trigger canceled the TES task.
     DEADLINE = "deadline"
+    #: The task stayed QUEUED/INITIALIZING past ``startup_timeout``; the trigger canceled it.
+    STARTUP_TIMEOUT = "startup_timeout"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class TesTaskEvent:
     state: TesState | None = None
     message: str = ""
     error_type: str | None = None
+    #: Executor-log lines the trigger already showed in the task log (live logs).
+    lines_shown: int = 0
 
     def to_trigger_event(self) -> TriggerEvent:
         return TriggerEvent(  # type: ignore[no-untyped-call]
@@ -45,6 +49,7 @@ class TesTaskEvent:
                 "state": self.state.value if self.state else None,
                 "message": self.message,
                 "error_type": self.error_type,
+                "lines_shown": self.lines_shown,
             }
         )
 
@@ -69,6 +74,7 @@ class TesTaskEvent:
             message=str(payload.get("message") or ""),
             state=state,
             error_type=payload.get("error_type"),
+            lines_shown=int(payload.get("lines_shown") or 0),
         )
 
     def terminal_state(self) -> TesState:
@@ -78,4 +84,6 @@ class TesTaskEvent:
             return self.state
         if self.status is EventStatus.DEADLINE:
             raise TesDeadlineExceededError(self.message or "deadline passed", task_id=self.tes_task_id)
+        if self.status is EventStatus.STARTUP_TIMEOUT:
+            raise TesStartupTimeoutError(self.message, task_id=self.tes_task_id)
         raise TesError(f"waiting for TES task {self.tes_task_id} failed: {self.message}")

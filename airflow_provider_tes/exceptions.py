@@ -17,9 +17,13 @@ a task failure (and retries the task when the DAG asks for retries)::
     │           ├── TesResponseTooLargeError  a body over ``max_response_bytes``
     │           └── TesListingTooLongError    over ``max_pages`` pages, or pages repeated
     ├── TesStagingError                an input could not be staged to object storage
+    ├── ObjectStoreError               object storage failed: unreachable, refused, unreadable
+    │   ├── ObjectNotFoundError        no such object
+    │   └── ObjectContentMismatchError  the bytes sent are not the bytes the key names; nothing stored
     └── TesTaskFailedError             the TES task ended in a state other than COMPLETE
         ├── TesTaskPreemptedError      PREEMPTED with no preemption budget left
-        └── TesDeadlineExceededError   the task ran past its deadline and was canceled
+        ├── TesDeadlineExceededError   the task ran past its deadline and was canceled
+        └── TesStartupTimeoutError     QUEUED/INITIALIZING past ``startup_timeout``; canceled
 
 Messages name the request URL but never a credential: the hook builds them from the URL
 and status only, and the URL never carries userinfo.
@@ -117,3 +121,19 @@ class TesTaskPreemptedError(TesTaskFailedError):
 
 class TesDeadlineExceededError(TesTaskFailedError):
     pass
+
+
+class TesStartupTimeoutError(TesTaskFailedError):
+    pass
+
+
+class ObjectStoreError(TesError):
+    """A call to object storage failed: unreachable, refused, or the object cannot be read."""
+
+
+class ObjectNotFoundError(ObjectStoreError):
+    """The object does not exist."""
+
+
+class ObjectContentMismatchError(ObjectStoreError):
+    """The bytes read for an upload do not hash to the digest the object is named by; nothing was stored."""

@@ -27,31 +27,19 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from airflow_provider_tes.exceptions import TesConfigurationError, TesError
-
-if TYPE_CHECKING:
-    pass
+from airflow_provider_tes.exceptions import ObjectContentMismatchError as ObjectContentMismatchError
+from airflow_provider_tes.exceptions import ObjectNotFoundError as ObjectNotFoundError
+from airflow_provider_tes.exceptions import ObjectStoreError as ObjectStoreError
+from airflow_provider_tes.exceptions import TesConfigurationError
 
 DEFAULT_AWS_CONN_ID = "aws_default"
 #: Metadata key of the SHA-256 an uploader verified against the bytes it sent.
 SHA256_METADATA_KEY = "sha256"
 #: Single-request uploads hold the whole body in memory; together they never hold more than this.
 IN_MEMORY_UPLOAD_BUDGET = 128 * 1024**2
-
-
-class ObjectStoreError(TesError):
-    """A call to object storage failed: unreachable, refused, or the object cannot be read."""
-
-
-class ObjectNotFoundError(ObjectStoreError):
-    """The object does not exist."""
-
-
-class ObjectContentMismatchError(ObjectStoreError):
-    """The bytes read for an upload do not hash to the digest the object is named by; nothing was stored."""
 
 
 def resolve_aws_conn_id(explicit: str | None, from_connection: str | None) -> str:
