@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow_provider_tes.container import EXIT_CODE_MARKER
 from airflow_provider_tes.models import TesTask
-from airflow_provider_tes.triggers.logs import LogFollower
+from airflow_provider_tes.triggers.progress import LogFollower
 
 
 def task(
@@ -63,3 +63,20 @@ def test_stderr_and_system_logs_as_they_appear() -> None:
 
 def test_no_logs_no_lines() -> None:
     assert LogFollower().update(TesTask.from_response({"id": "t"})) == []
+
+
+def test_startup_clock_warns_at_half_then_expires() -> None:
+    from airflow_provider_tes.models import TesState
+    from airflow_provider_tes.triggers.progress import StartupClock
+
+    clock = StartupClock(timeout=10)
+    clock.observe(TesState.QUEUED, now=100)
+    assert clock.due(104) is None
+    assert clock.seconds_to_next_check(104) == 1
+    assert clock.due(105) == "warn"
+    assert clock.due(106) is None  # warned once
+    clock.observe(TesState.INITIALIZING, now=107)  # still not started: the clock keeps running
+    assert clock.due(110) == "expired"
+    clock.observe(TesState.RUNNING, now=111)
+    assert clock.due(200) is None
+    assert StartupClock(timeout=None).due(1e9) is None

@@ -1,4 +1,6 @@
-"""Live logs: the new lines of a running TES task's executor log, each shown once.
+"""What a trigger shows and enforces while a task runs: live logs and the startup timeout.
+
+Live logs: the new lines of a running TES task's executor log, each shown once.
 
 TES servers keep an executor's stdout/stderr in the task's FULL view while it runs (Funnel
 updates them as they come), but only as a whole text, often only its tail, and TES says
@@ -12,10 +14,17 @@ saying how many it skipped, so a chatty task cannot flood the task log or the tr
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tes.container import EXIT_CODE_MARKER
-from airflow_provider_tes.models import TesTask
+from airflow_provider_tes.exceptions import TesError
+from airflow_provider_tes.models import TesState, TesTask, TesView
+
+if TYPE_CHECKING:
+    from airflow_provider_tes.hooks.tes import TesHook
 
 #: Lines shown per stream and poll at most; the rest is counted and said to be skipped.
 DEFAULT_MAX_LINES = 500
@@ -100,3 +109,77 @@ def _without_marker(lines: list[str]) -> list[str]:
             start = i - 1 if i > 0 and lines[i - 1] == "" else i
             return lines[:start] + lines[i + 1 :]
     return lines
+
+
+class LiveLog:
+    """A trigger's side task: every ``interval`` seconds, one FULL GET of its task, new lines logged.
+
+    Only tasks with live logs on pay for it (one GET per interval each); the coalesced status
+    polling of every other task is untouched. A failed read is said once and tried again.
+    """
+
+    def __init__(self, hook: TesHook, tes_task_id: str, interval: float, log: logging.Logger | Any) -> None:
+        self.hook = hook
+        self.tes_task_id = tes_task_id
+        self.interval = interval
+        self.log = log
+        self.follower = LogFollower()
+        self._failing = False
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.read()
+
+    async def read(self, *, final: bool = False) -> None:
+        try:
+            task = await self.hook.a_get_task(self.tes_task_id, view=TesView.FULL)
+        except TesError as err:
+            if not self._failing:
+                self.log.warning("Live logs of TES task %s: could not read them (%s)", self.tes_task_id, err)
+            self._failing = True
+            return
+        self._failing = False
+        for line in self.follower.update(task, final=final):
+            self.log.info("%s", line)
+
+
+@dataclass
+class StartupClock:
+    """How long a task has been waiting to start (QUEUED/INITIALIZING), against ``startup_timeout``.
+
+    TES servers leave a task queued without saying why (no quota, no matching node, an image
+    that cannot be pulled); a warning at half the timeout and a cancel at the timeout turn
+    that silence into an error the DAG can act on.
+    """
+
+    timeout: float | None
+    since: float | None = None
+    warned: bool = False
+
+    def observe(self, state: TesState, now: float) -> None:
+        if state in (TesState.QUEUED, TesState.INITIALIZING):
+            self.since = self.since if self.since is not None else now
+        else:
+            self.since = None
+
+    def waited(self, now: float) -> float:
+        return 0.0 if self.since is None else now - self.since
+
+    def seconds_to_next_check(self, now: float) -> float | None:
+        if self.timeout is None or self.since is None:
+            return None
+        due = self.since + (self.timeout if self.warned else self.timeout / 2)
+        return max(0.0, due - now)
+
+    def due(self, now: float) -> str | None:
+        """``"warn"`` once at half the timeout, ``"expired"`` at the timeout, else ``None``."""
+        if self.timeout is None or self.since is None:
+            return None
+        waited = now - self.since
+        if waited >= self.timeout:
+            return "expired"
+        if waited >= self.timeout / 2 and not self.warned:
+            self.warned = True
+            return "warn"
+        return None
