@@ -18,19 +18,30 @@ import pytest
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState
-from airflow_provider_tes.triggers.polling import SharedStatusPoller
+from airflow_provider_tes.triggers.polling import LISTED_STATES, SharedStatusPoller
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 
 CONN = "tes_polling_unit"
 
 
 class FakeTes:
-    """Tasks by id with state and tags; answers ListTasks filters and GETs; counts calls."""
+    """Tasks by id with state and tags; answers ListTasks filters and GETs; counts calls.
+
+    Server personalities by attribute: ``list_status`` (a gateway or ACL that refuses
+    ListTasks with that status while GET works), ``blind`` (ListTasks ignores every filter and
+    returns every task, ``foreign`` entries included), ``token`` (bearer token required),
+    ``hidden`` (ids answered 404 for now: an eventually consistent server).
+    """
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self.refuse_listing = False
+        self.list_status = 200
+        self.blind = False
+        self.foreign: list[dict[str, Any]] = []
+        self.token: str | None = None
+        self.hidden: set[str] = set()
 
     def add(self, task_id: str, state: str = "RUNNING", tagged: bool = True) -> None:
         self.tasks[task_id] = {"id": task_id, "state": state, "tags": {"dag_id": "d"} if tagged else {}}
@@ -38,21 +49,26 @@ class FakeTes:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = urlsplit(str(request.url)).path.removeprefix("/ga4gh/tes/v1/")
         query = parse_qs(urlsplit(str(request.url)).query)
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.calls["unauthorized"] += 1
+            return httpx.Response(401, json={"message": "invalid token"})
         if path == "tasks":
             self.calls["list"] += 1
             if self.refuse_listing:
                 return httpx.Response(400, json={"message": "filters not supported"})
-            state = query.get("state", [None])[0]
-            keys = query.get("tag_key", [])
-            tasks = [
+            if self.list_status != 200:
+                return httpx.Response(self.list_status, json={"message": "listing not available here"})
+            state = None if self.blind else query.get("state", [None])[0]
+            keys = [] if self.blind else query.get("tag_key", [])
+            tasks: list[dict[str, Any]] = [
                 {"id": t["id"], "state": t["state"]}
                 for t in self.tasks.values()
                 if (state is None or t["state"] == state) and all(k in t["tags"] for k in keys)
             ]
-            return httpx.Response(200, json={"tasks": tasks, "next_page_token": ""})
+            return httpx.Response(200, json={"tasks": tasks + self.foreign, "next_page_token": ""})
         task_id = path.removeprefix("tasks/")
         self.calls["get"] += 1
-        if task_id not in self.tasks:
+        if task_id not in self.tasks or task_id in self.hidden:
             return httpx.Response(404, json={"message": "no such task"})
         task = self.tasks[task_id]
         return httpx.Response(200, json={"id": task_id, "state": task["state"]})
@@ -101,14 +117,14 @@ async def test_one_listing_per_active_state_for_many_tasks(fake: FakeTes, poller
         await poller.poll_once()
         await poller.poll_once()
         assert poller.rounds - rounds == 2
-        # 4 active states x 2 rounds, and not one GET for 300 running tasks
-        assert fake.calls == Counter({"list": 8})
+        # one listing per listed state x 2 rounds, and not one GET for 300 running tasks
+        assert fake.calls == Counter({"list": 2 * len(LISTED_STATES)})
         assert all(q.empty() for q in queues), "unchanged states are not delivered again"
 
         fake.tasks["t7"]["state"] = "COMPLETE"  # leaves the active listings
         fake.calls.clear()
         await poller.poll_once()
-        assert fake.calls == Counter({"list": 4, "get": 1})
+        assert fake.calls == Counter({"list": len(LISTED_STATES), "get": 1})
         update = await _next(queues[7])
         assert update.state is TesState.COMPLETE
 
@@ -135,7 +151,7 @@ async def test_slow_listings_run_side_by_side_and_keep_the_cadence(fake: FakeTes
         rounds = poller.rounds
         await asyncio.sleep(window)
         done = poller.rounds - rounds
-    assert peak == 4, "the four active states are listed at the same time"
+    assert peak == len(LISTED_STATES), "the listed states are listed at the same time"
     # rounds one interval apart: 6 in the window; one interval after the previous round's end
     # would give 3 or 4
     assert done >= 5, done
@@ -148,7 +164,7 @@ async def test_untagged_task_is_polled_by_get(fake: FakeTes, poller: SharedStatu
         await _settle()
         fake.calls.clear()
         await poller.poll_once()
-        assert fake.calls == Counter({"list": 4, "get": 1})
+        assert fake.calls == Counter({"list": len(LISTED_STATES), "get": 1})
 
 
 async def test_server_that_refuses_listing_is_polled_per_task(
@@ -165,6 +181,19 @@ async def test_server_that_refuses_listing_is_polled_per_task(
         fake.calls.clear()
         await poller.poll_once()
         assert fake.calls == Counter({"get": 2})
+        # not turned off for good: listed again after a backoff that grows while it is refused
+        fake.calls.clear()
+        await poller.poll_once()
+        assert fake.calls["list"] == len(LISTED_STATES), fake.calls
+        assert fake.calls["get"] == 2
+        assert poller.listing_failures == 2
+        fake.refuse_listing = False
+        for _ in range(4):
+            await poller.poll_once()
+        assert poller.listing_failures == 0 and poller.can_list
+        fake.calls.clear()
+        await poller.poll_once()
+        assert fake.calls == Counter({"list": len(LISTED_STATES)})
 
 
 async def test_last_watcher_leaving_stops_the_poller(fake: FakeTes, poller: SharedStatusPoller) -> None:
@@ -215,3 +244,282 @@ def contextlib_watch_all(poller: SharedStatusPoller, ids: list[str]) -> Any:
             yield [await stack.enter_async_context(poller.watch(i)) for i in ids]
 
     return watch_all()
+
+
+# -- a poller that survives anything (issue 10) ----------------------------------------------------
+
+
+async def _first_event(trigger: TesTaskTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("the trigger ended without an event")
+
+
+async def _run_all(triggers: list[TesTaskTrigger], limit: float = 15.0) -> list[dict[str, Any]]:
+    return await asyncio.wait_for(asyncio.gather(*(_first_event(t) for t in triggers)), limit)
+
+
+def _finish_half(fake: FakeTes, ids: list[str]) -> dict[str, str]:
+    """Ends every task: even ones COMPLETE, odd ones EXECUTOR_ERROR; the expected states."""
+    wanted = {}
+    for n, task_id in enumerate(ids):
+        wanted[task_id] = "COMPLETE" if n % 2 == 0 else "EXECUTOR_ERROR"
+        fake.tasks[task_id]["state"] = wanted[task_id]
+    return wanted
+
+
+async def test_client_that_cannot_be_built_is_a_configuration_error_for_every_waiter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A ``ca_bundle`` missing on the triggerer host: every waiting trigger ends with an error
+    naming it within one interval (the poller used to die silently and leave them waiting)."""
+    conn_id, interval = "tes_polling_no_ca", 2.0
+    missing = tmp_path / "not-on-this-host.pem"
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps(
+            {
+                "conn_type": "tes",
+                "host": "https://tes.example.invalid/ga4gh/tes/v1",
+                "extra": {"token": "t0ken-value", "ca_bundle": str(missing)},
+            }
+        ),
+    )
+    triggers = [TesTaskTrigger(f"task-{i}", conn_id, poll_interval=interval) for i in range(5)]
+    started = asyncio.get_running_loop().time()
+    events = await _run_all(triggers, limit=interval)
+    took = asyncio.get_running_loop().time() - started
+    assert took < interval, took
+    assert {e["status"] for e in events} == {"error"}
+    assert {e["error_type"] for e in events} == {"TesConfigurationError"}
+    assert all(conn_id in e["message"] and "ca_bundle" in e["message"] for e in events), events[0]
+    assert SharedStatusPoller._registry == {}, "the poller left with its last trigger"
+
+    # A trigger that is canceled before its event gets its CancelledError (with the
+    # triggerer's message, which is what makes Airflow call on_kill), never the poller's error.
+    runner = asyncio.create_task(_first_event(TesTaskTrigger("task-x", conn_id, poll_interval=interval)))
+    await asyncio.sleep(0)
+    runner.cancel("user action")
+    with pytest.raises(asyncio.CancelledError) as caught:
+        await runner
+    assert caught.value.args == ("user action",)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 501, 503])
+async def test_refused_listing_falls_back_to_gets_and_every_task_finishes(fake: FakeTes, status: int) -> None:
+    """A gateway that routes only /tasks/{id}, an ACL that forbids listing, a server that does
+    not implement it: 50 watched tasks still end with their own states, none with an error."""
+    poller = _register(fake, 0.05)
+    ids = [f"t{i}" for i in range(50)]
+    for task_id in ids:
+        fake.add(task_id)
+    fake.list_status = status
+    runs = asyncio.gather(*(_first_event(TesTaskTrigger(i, CONN, poll_interval=0.05)) for i in ids))
+    await asyncio.sleep(0.3)
+    assert len(poller.watches) == 50
+    wanted = _finish_half(fake, ids)
+    events = await asyncio.wait_for(runs, 15)
+    assert {e["tes_task_id"]: (e["status"], e["state"]) for e in events} == {
+        i: ("terminal", s) for i, s in wanted.items()
+    }
+    assert fake.calls["get"] >= 100, fake.calls
+
+
+async def test_listing_is_tried_again_with_backoff(fake: FakeTes, poller: SharedStatusPoller) -> None:
+    fake.add("a")
+    fake.list_status = 403
+    async with poller.watch("a") as queue:
+        assert (await _next(queue)).state is TesState.RUNNING
+        await _settle()
+        lists_per_round = []
+        for _ in range(12):
+            fake.calls.clear()
+            await poller.poll_once()
+            lists_per_round.append(fake.calls["list"] // len(LISTED_STATES))
+        assert queue.empty(), "a refused listing is not an error of the task"
+    # round 1 (the first, above) failed; then tries 2, 4, 8 rounds after each failure, each
+    # try sent twice (a 403 is first taken for a rotated credential: re-read, then sent again)
+    assert lists_per_round == [0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0], lists_per_round
+
+
+async def test_foreign_tasks_in_a_blind_listing_do_not_disturb_watched_tasks(fake: FakeTes) -> None:
+    """A server that ignores the tag and state filters lists every task, other deployments'
+    included: entries without id, in states this client does not know, in terminal states."""
+    poller = _register(fake, 0.05)
+    ids = [f"t{i}" for i in range(50)]
+    for task_id in ids:
+        fake.add(task_id, state="QUEUED")
+    for i in range(20):
+        fake.add(
+            f"other-{i}", state=["RUNNING", "COMPLETE", "SYSTEM_ERROR", "CANCELING"][i % 4], tagged=False
+        )
+    fake.blind = True
+    fake.foreign = [{"state": "RUNNING"}, {"id": "", "state": "QUEUED"}, {"id": "x-1", "state": "SUSPENDED"}]
+    runs = asyncio.gather(*(_first_event(TesTaskTrigger(i, CONN, poll_interval=0.05)) for i in ids))
+    await asyncio.sleep(0.3)
+    for task_id in ids:
+        fake.tasks[task_id]["state"] = "RUNNING"
+    await asyncio.sleep(0.3)
+    wanted = _finish_half(fake, ids)
+    events = await asyncio.wait_for(runs, 15)
+    assert {e["tes_task_id"]: (e["status"], e["state"]) for e in events} == {
+        i: ("terminal", s) for i, s in wanted.items()
+    }
+    assert poller.watches == {}
+
+
+async def test_foreign_tasks_in_a_readable_blind_listing_cost_no_requests(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    fake.blind = True
+    fake.add("mine")
+    for i in range(30):
+        fake.add(f"other-{i}", state=["QUEUED", "COMPLETE", "EXECUTOR_ERROR"][i % 3], tagged=False)
+    fake.foreign = [{"state": "RUNNING"}, {"id": "", "state": "QUEUED"}, {"id": "x-2", "state": "UNKNOWN"}]
+    async with poller.watch("mine") as queue:
+        assert (await _next(queue)).state is TesState.RUNNING
+        await _settle()
+        fake.calls.clear()
+        await poller.poll_once()
+        # every state's listing shows "mine" RUNNING; nothing else is fetched or delivered
+        assert fake.calls == Counter({"list": len(LISTED_STATES)})
+        assert queue.empty()
+        assert poller.listing_failures == 0
+
+
+async def test_credential_rotation_during_a_wait(monkeypatch: pytest.MonkeyPatch, fake: FakeTes) -> None:
+    """The connection is updated with a new token and the server revokes the old one: the
+    watched tasks still finish, and a trigger that starts after the rotation too."""
+
+    def set_token(token: str) -> None:
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{CONN.upper()}",
+            json.dumps(
+                {
+                    "conn_type": "tes",
+                    "host": "http://tes.invalid/ga4gh/tes/v1",
+                    "extra": {"retries": 0, "token": token},
+                }
+            ),
+        )
+
+    set_token("old-token-123456")
+    fake.token = "old-token-123456"
+    poller = _register(fake, 0.05)
+    ids = [f"t{i}" for i in range(10)]
+    for task_id in ids:
+        fake.add(task_id)
+    fake.add("t-new")
+    runs = [asyncio.create_task(_first_event(TesTaskTrigger(i, CONN, poll_interval=0.05))) for i in ids]
+    await asyncio.sleep(0.3)
+    set_token("new-token-654321")
+    fake.token = "new-token-654321"
+    later = asyncio.create_task(_first_event(TesTaskTrigger("t-new", CONN, poll_interval=0.05)))
+    await asyncio.sleep(0.3)
+    assert not any(run.done() for run in [*runs, later]), "no wait ended on the revoked token"
+    wanted = _finish_half(fake, [*ids, "t-new"])
+    events = await asyncio.wait_for(asyncio.gather(*runs, later), 15)
+    assert {e["tes_task_id"]: (e["status"], e["state"]) for e in events} == {
+        i: ("terminal", s) for i, s in wanted.items()
+    }
+    assert fake.calls["unauthorized"] >= 1
+    assert poller._credential_generation >= 1
+
+
+async def test_a_task_the_server_does_not_know_yet_is_waited_for(fake: FakeTes) -> None:
+    """404 counts against the outage budget (eventually consistent servers), with a clear final
+    message when it is spent."""
+    _register(fake, 0.05)
+    fake.add("late")
+    fake.hidden = {"late", "never"}
+    late = asyncio.create_task(
+        _first_event(TesTaskTrigger("late", CONN, poll_interval=0.05, outage_budget=5))
+    )
+    never = await _first_event(TesTaskTrigger("never", CONN, poll_interval=0.05, outage_budget=0.5))
+    assert never["status"] == "error"
+    assert never["error_type"] == "TesNotFoundError"
+    assert "404" in never["message"] and "gave up" in never["message"], never["message"]
+    fake.hidden = set()
+    fake.tasks["late"]["state"] = "COMPLETE"
+    assert (await asyncio.wait_for(late, 5))["state"] == "COMPLETE"
+
+
+async def test_rounds_that_fail_unexpectedly_are_delivered_and_retried(fake: FakeTes) -> None:
+    """A non-TES exception from the transport (a bug, a broken host) in every request for a
+    while: the watchers count it against their budget, the poller lives on."""
+    broken = True
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if broken:
+            raise RuntimeError("something odd on this host")
+        return fake(request)
+
+    def register() -> SharedStatusPoller:
+        hook = TesHook(CONN, async_transport=httpx.MockTransport(flaky))
+        poller = SharedStatusPoller(CONN, 0.05, hook=hook)
+        SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, 0.05)] = poller
+        return poller
+
+    fake.add("a")
+    poller = register()
+    run = asyncio.create_task(_first_event(TesTaskTrigger("a", CONN, poll_interval=0.05, outage_budget=30)))
+    await asyncio.sleep(0.5)
+    assert not run.done()
+    assert poller._task is not None and not poller._task.done(), "the poller is alive"
+    broken = False
+    fake.tasks["a"]["state"] = "COMPLETE"
+    assert (await asyncio.wait_for(run, 5))["state"] == "COMPLETE"
+
+    broken = True
+    register()  # the first poller left with its last trigger
+    doomed = await asyncio.wait_for(
+        _first_event(TesTaskTrigger("a", CONN, poll_interval=0.05, outage_budget=0.3)), 5
+    )
+    assert doomed["status"] == "error"
+    assert "RuntimeError" in doomed["message"] and "something odd" in doomed["message"]
+
+
+# -- what a watch costs (issue 14) -----------------------------------------------------------------
+
+
+async def test_a_newcomer_costs_one_get_and_no_round(fake: FakeTes, poller: SharedStatusPoller) -> None:
+    for i in range(20):
+        fake.add(f"t{i}")
+    async with poller.watch("t0") as first:
+        await _next(first)
+        await _settle()
+        rounds = poller.rounds
+        fake.calls.clear()
+        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, 20)]) as queues:
+            updates = await asyncio.gather(*(_next(q) for q in queues))
+            assert {u.state for u in updates} == {TesState.RUNNING}
+            assert poller.rounds == rounds, "new watches start no round"
+            assert fake.calls == Counter({"get": 19})
+
+
+async def test_a_round_does_not_wait_for_its_lookups(fake: FakeTes) -> None:
+    """A wave of endings: the GETs run in the background, the next round starts on time and
+    does not fetch a task whose GET is still in flight."""
+    gate = asyncio.Event()
+
+    async def slow_gets(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/tasks"):
+            await gate.wait()
+        return fake(request)
+
+    hook = TesHook(CONN, async_transport=httpx.MockTransport(slow_gets))
+    poller = SharedStatusPoller(CONN, 3600.0, hook=hook)
+    for i in range(30):
+        fake.add(f"t{i}")
+    async with contextlib_watch_all(poller, [f"t{i}" for i in range(30)]) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        for i in range(30):
+            fake.tasks[f"t{i}"]["state"] = "COMPLETE"
+        await asyncio.wait_for(poller.poll_once(wait_for_lookups=False), 1)
+        await asyncio.wait_for(poller.poll_once(wait_for_lookups=False), 1)
+        assert fake.calls["get"] == 0, "every GET is held at the server"
+        gate.set()
+        updates = await asyncio.gather(*(_next(q) for q in queues))
+        assert {u.state for u in updates} == {TesState.COMPLETE}
+        await _settle()
+        assert fake.calls["get"] == 30, "each ended task was fetched once"

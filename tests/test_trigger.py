@@ -23,7 +23,7 @@ import structlog.testing
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.triggers import polling as polling_module
-from airflow_provider_tes.triggers.polling import ACTIVE_STATES
+from airflow_provider_tes.triggers.polling import LISTED_STATES
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.tes_proxy import TesProxy
 
@@ -380,15 +380,21 @@ async def test_triggerer_restart_leaves_task_running_and_resumes(
 
 
 async def test_unknown_task_is_a_not_found_error(conn: str) -> None:
-    trigger = TesTaskTrigger("no-such-task-" + uuid.uuid4().hex[:8], conn, poll_interval=0.2)
+    # A 404 counts against the outage budget (eventually consistent servers), so it ends the
+    # wait once the budget is spent, not at the first answer.
+    trigger = TesTaskTrigger("no-such-task-" + uuid.uuid4().hex[:8], conn, poll_interval=0.2, outage_budget=1)
 
+    start = time.monotonic()
     events = await _collect(trigger, limit=15)
+    took = time.monotonic() - start
 
     assert len(events) == 1, events
     payload = events[0].payload
     assert payload["status"] == "error"
     assert payload["error_type"] == "TesNotFoundError"
     assert payload["tes_task_id"] == trigger.tes_task_id
+    assert "404" in payload["message"] and "outage_budget" in payload["message"], payload["message"]
+    assert 1.0 <= took < 10.0, took
 
 
 async def test_missing_connection_is_a_configuration_error() -> None:
@@ -428,8 +434,8 @@ async def test_cancel_during_a_request_closes_the_client(
     (hook,) = recording_hook.instances
     assert hook.clients
     assert all(client.is_closed for client in hook.clients)
-    # one round was in flight, its four listings (one per active state) all held by the proxy
-    assert proxy.stats["injected"]["delay"] == len(ACTIVE_STATES), proxy.stats
+    # one round was in flight, its listings (one per listed state) all held by the proxy
+    assert proxy.stats["injected"]["delay"] == len(LISTED_STATES), proxy.stats
 
 
 async def test_deadline_holds_while_the_server_hangs(
@@ -447,3 +453,52 @@ async def test_deadline_holds_while_the_server_hangs(
         assert [event.payload["status"] for event in events] == ["deadline"]
     finally:
         await asyncio.to_thread(direct.cancel_task, task_id)
+
+
+# -- 11. a poller that fails in unexpected ways ---------------------------------------------------
+
+#: What Airflow's triggerer cancels a trigger with on a user action (``_USER_ACTION_CANCEL_MSG``).
+USER_ACTION = "__airflow_user_action__"
+
+
+async def _run_like_the_triggerer(trigger: TesTaskTrigger, events: list[Any]) -> None:
+    """What ``TriggerRunner.run_trigger`` does: ``on_kill`` only when the run ends with the
+    CancelledError of a user action, so any other exception out of a cancel skips it."""
+    try:
+        async for event in trigger.run():
+            events.append(event)
+    except asyncio.CancelledError as err:
+        if err.args and err.args[0] == USER_ACTION:
+            await asyncio.wait_for(trigger.on_kill(), 30)
+        raise
+
+
+class _BrokenHostHook(TesHook):
+    """The poller's hook on a host where every status request fails with a non-TES error."""
+
+    async def a_get_task(self, *args: Any, **kwargs: Any) -> TesTask:
+        raise OSError("a broken triggerer host")
+
+    def a_list_tasks(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError("a broken triggerer host")
+
+
+async def test_cancel_reaches_on_kill_while_the_poller_fails(
+    monkeypatch: pytest.MonkeyPatch, direct: TesHook, conn: str
+) -> None:
+    monkeypatch.setattr(polling_module, "TesHook", _BrokenHostHook)
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "broken"))
+    assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
+    trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)  # default outage budget: 600 s
+    events: list[Any] = []
+
+    runner = asyncio.create_task(_run_like_the_triggerer(trigger, events))
+    await asyncio.sleep(1.5)  # several failed rounds, each delivered, none ending the wait
+    assert not runner.done(), "the wait went on within the outage budget"
+    runner.cancel(USER_ACTION)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 35)
+
+    assert events == []
+    # on_kill ran (with its own hook) and canceled the TES task
+    assert await _wait_state(direct, task_id, {TesState.CANCELED}) is TesState.CANCELED

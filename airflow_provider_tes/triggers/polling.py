@@ -3,36 +3,69 @@
 A triggerer may watch thousands of TES tasks. Polling each with its own GET every
 interval overloads TES servers (crankshaft dropped per-task polling for that reason), and
 a client per trigger wastes sockets and memory. Here the triggers of one connection share
-one hook (one connection pool) and, per interval:
+one hook (one connection pool) and, once per interval, one *round*:
 
-* one ListTasks per active state (QUEUED, INITIALIZING, RUNNING, PAUSED), MINIMAL view,
-  filtered by the ``dag_id`` tag the operator puts on every task, paged; every watched
-  task found there is still active;
-* one GET only for each watched task that is *not* in those lists: it has just finished
-  (or was never tagged, e.g. a sensor on a foreign task, or the server cannot filter),
-  and the GET tells its exact state.
+* one ListTasks per listed state (:data:`LISTED_STATES`), MINIMAL view, filtered by the tag
+  every submitted task carries (:data:`~airflow_provider_tes.identity.COALESCE_TAG`), paged,
+  the states side by side; every watched task found there is still in that state;
+* a GET (a *lookup*) for each watched task the listings did not show: it has just finished
+  (or was never tagged, e.g. a sensor on a foreign task, or its state's listing failed), and
+  the GET tells its exact state. Lookups run in the background at bounded concurrency, so a
+  wave of endings neither holds up the next round nor floods the event loop.
 
-So the steady cost is a handful of requests per interval however many tasks are watched,
-plus one GET per task when it ends. A server that refuses the listing is remembered and
-polled per task from then on. State lives in the triggerer's event loop only.
+A newly watched task is looked up once at once; it does not start a round, so rounds stay one
+per interval however fast triggers arrive. The steady cost is a handful of requests per
+interval however many tasks are watched, plus one GET per task when it starts and ends.
+
+The poller must outlive anything a server or a host does to it, because every trigger of the
+connection waits on it: a round that fails in an unexpected way becomes an error delivered
+to the watchers (which then count it against their outage budget), a client that cannot be
+built is a configuration error delivered to all of them at once, a refused listing (any
+status, or a page the hook cannot read) falls back to lookups for that round and is tried
+again a few rounds later, and a refused credential makes the poller re-read the connection
+once (a rotation) before anything fails. State lives in the triggerer's event loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from airflow_provider_tes.exceptions import TesBadRequestError, TesError
+from airflow_provider_tes.exceptions import (
+    TesAuthError,
+    TesConfigurationError,
+    TesError,
+    TesServerUnavailableError,
+)
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import COALESCE_TAG
 from airflow_provider_tes.models import MAX_PAGE_SIZE, TesState, TesView
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = (TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING, TesState.PAUSED)
+#: States listed each round. CANCELING is not active (it settles into CANCELED) but a task
+#: stays in it for a while, and a listing costs less than a GET per such task per round.
+LISTED_STATES = (
+    TesState.QUEUED,
+    TesState.INITIALIZING,
+    TesState.RUNNING,
+    TesState.PAUSED,
+    TesState.CANCELING,
+)
+#: After the k-th refused listing in a row the next try is ``2**k`` rounds later, at most this
+#: many: a server that never lists costs one listing per few minutes, one that lists again
+#: (a gateway fixed, a transient error) is listed again soon.
+MAX_LISTING_BACKOFF_ROUNDS = 32
+#: Event-loop fairness: long loops over tasks yield to the loop every this many tasks.
+CHUNK = 2000
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,6 +83,11 @@ class _Watch:
     last: TesState | TesError | None = None
 
 
+def _unexpected(err: BaseException, what: str) -> TesServerUnavailableError:
+    """An unexpected failure as an error a watcher counts against its outage budget."""
+    return TesServerUnavailableError(f"{what} failed unexpectedly ({type(err).__name__}: {err})")
+
+
 class SharedStatusPoller:
     """Polls the states of all watched tasks of one connection at one interval."""
 
@@ -60,10 +98,24 @@ class SharedStatusPoller:
         self.interval = interval
         self.hook = hook or TesHook(tes_conn_id)
         self.watches: dict[str, list[_Watch]] = {}
-        self.can_list = True
         self.rounds = 0
+        #: Refused listings in a row, and the first round that lists again.
+        self.listing_failures = 0
+        self._list_from_round = 1
+        #: Lookups (GETs) waiting, and those in flight; see :meth:`_look_up`.
+        self._lookup_queue: collections.deque[str] = collections.deque()
+        self._lookup_pending: set[str] = set()
+        self._lookup_workers: set[asyncio.Task[None]] = set()
+        self._lookup_concurrency = 1
+        #: Bumped by each re-read of the connection; see :meth:`_with_fresh_credential`.
+        self._credential_generation = 0
+        self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
+
+    @property
+    def can_list(self) -> bool:
+        """Whether the next round lists (``False`` while a refused listing is backed off)."""
+        return self.rounds + 1 >= self._list_from_round
 
     # -- sharing ------------------------------------------------------------------------------------
 
@@ -79,10 +131,13 @@ class SharedStatusPoller:
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[StatusUpdate]]:
         """Updates of one task's state (on change), for as long as the context is open."""
         entry = _Watch()
+        newcomer = task_id not in self.watches
         self.watches.setdefault(task_id, []).append(entry)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"tes-poller-{self.tes_conn_id}")
-        self._wakeup.set()  # a new task is polled at once, not after a full interval
+        elif newcomer and self.rounds:
+            # Its first state is wanted now, not at the next round; one GET, no extra round.
+            self._look_up([task_id])
         try:
             yield entry.queue
         finally:
@@ -95,81 +150,229 @@ class SharedStatusPoller:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
+        """Stop polling and close the client; never raises (it runs while a trigger is canceled,
+        and must not replace the cancellation with a dead round's error)."""
         for key, poller in list(self._registry.items()):
             if poller is self:
                 del self._registry[key]
-        task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
+        tasks = [t for t in (self._task, *self._lookup_workers) if t is not None]
+        self._task = None
+        self._lookup_workers.clear()
+        self._lookup_queue.clear()
+        self._lookup_pending.clear()
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.hook.aclose()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("TES poller task of %s had failed: %r", self.tes_conn_id, task.exception())
+        try:
+            await self.hook.aclose()
+        except Exception as err:
+            log.warning("Closing the TES client of %s failed: %r", self.tes_conn_id, err)
 
     # -- polling ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.watches:
-            self._wakeup.clear()
             started = loop.time()
-            await self.poll_once()
+            try:
+                await self.poll_once(wait_for_lookups=False)
+            except Exception as err:  # a bug must not silently end every wait of the connection
+                log.exception("A TES status round of %s failed", self.tes_conn_id)
+                self._deliver_all(set(self.watches), StatusUpdate(error=_unexpected(err, "a status round")))
             # Rounds start one interval apart however long a round takes (a listing of
             # thousands of tasks takes a while), so a state change is seen within an interval
             # plus one round, not an interval plus two.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wakeup.wait(), timeout=max(0.0, started + self.interval - loop.time())
-                )
+            await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
 
-    async def poll_once(self) -> None:
-        """One round: the coalesced listing, then GETs for watched tasks it did not show."""
+    async def poll_once(self, *, wait_for_lookups: bool = True) -> None:
+        """One round: the coalesced listing, then lookups of watched tasks it did not show.
+
+        The background loop does not wait for the lookups (the next round skips tasks still
+        being looked up); a direct caller does, unless told otherwise.
+        """
         self.rounds += 1
         watched = set(self.watches)
         if not watched:
             return
-        active: dict[str, TesState] = {}
-        if self.can_list:
-            try:
-                active = await self._list_active()
-            except TesBadRequestError as err:
-                log.warning("TES server refused filtered ListTasks (%s); polling per task from now on", err)
-                self.can_list = False
-            except TesError as err:
-                self._deliver_all(watched, StatusUpdate(error=err))
+        try:
+            await self._connect()
+        except TesConfigurationError as err:
+            self._deliver_all(watched, StatusUpdate(error=err))
+            return
+        listed: dict[str, TesState] = {}
+        unlisted = watched
+        if self.rounds >= self._list_from_round:
+            listed, complete = await self._list_active(watched)
+            unlisted = watched - listed.keys()
+            if complete:
+                self.listing_failures = 0
+            elif not await self._listing_alone_failed(unlisted):
                 return
-        for task_id in watched & active.keys():
-            self._deliver(task_id, StatusUpdate(state=active[task_id]))
-        missing = watched - active.keys()
-        if missing:
-            await asyncio.gather(*(self._get_one(task_id) for task_id in missing))
+        for n, (task_id, state) in enumerate(listed.items(), 1):
+            self._deliver(task_id, StatusUpdate(state=state))
+            if n % CHUNK == 0:
+                await asyncio.sleep(0)
+        self._look_up(unlisted)
+        if wait_for_lookups:
+            await self._lookups_done()
 
-    async def _list_active(self) -> dict[str, TesState]:
+    async def _list_active(self, watched: set[str]) -> tuple[dict[str, TesState], bool]:
+        """The listed states of watched tasks; whether every state's listing succeeded.
+
+        Entries are judged one by one: an entry without id, of an unwatched task (another
+        DAG or deployment, a foreign task on a server that ignores the tag filter) or without
+        a usable state is skipped; a watched task skipped so is looked up directly.
+        """
+
         async def listed(state: TesState) -> dict[str, TesState]:
-            return {
-                task.id: task.state
-                async for task in self.hook.a_list_tasks(
-                    state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
-                )
-                if task.id and task.state
-            }
+            found: dict[str, TesState] = {}
+            seen = 0
+            async for task in self.hook.a_list_tasks(
+                state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
+            ):
+                if task.id in watched and task.state not in (None, TesState.UNKNOWN):
+                    found[task.id] = task.state
+                seen += 1
+                if seen % CHUNK == 0:
+                    await asyncio.sleep(0)
+            return found
 
-        # The states are listed side by side, so a round lasts as long as the longest listing;
-        # every listing is awaited to its end before a failure of one is raised.
-        parts = await asyncio.gather(*(listed(state) for state in ACTIVE_STATES), return_exceptions=True)
+        parts = await asyncio.gather(
+            *(self._with_fresh_credential(functools.partial(listed, state)) for state in LISTED_STATES),
+            return_exceptions=True,
+        )
         found: dict[str, TesState] = {}
+        failures: list[BaseException] = []
         for part in parts:
             if isinstance(part, BaseException):
-                raise part
-            found.update(part)
-        return found
+                if isinstance(part, asyncio.CancelledError):
+                    raise part
+                failures.append(part)
+            else:
+                found.update(part)
+        if failures:
+            log.warning(
+                "TES ListTasks of %s failed (%s); the tasks it would have shown are looked up one by one",
+                self.tes_conn_id,
+                "; ".join(f"{type(f).__name__}: {f}" for f in failures[:2]),
+            )
+        return found, not failures
 
-    async def _get_one(self, task_id: str) -> None:
+    async def _listing_alone_failed(self, unlisted: set[str]) -> bool:
+        """After a failed listing: whether the server still answers GETs (then the listing
+        backs off and lookups cover it), or is down altogether (then the watchers get the
+        error now, instead of thousands of lookups that would fail the same way)."""
+        probe = next(iter(unlisted), None)  # taken out of ``unlisted``: answered here
+        if probe is None:
+            return True
+        update = await self._get_state(probe)
+        if isinstance(update.error, TesServerUnavailableError | TesAuthError | TesConfigurationError):
+            self._deliver_all(set(self.watches), update)
+            return False
+        self._deliver(probe, update)
+        self.listing_failures += 1
+        backoff = min(2**self.listing_failures, MAX_LISTING_BACKOFF_ROUNDS)
+        self._list_from_round = self.rounds + backoff
+        log.warning("TES ListTasks of %s is tried again in %d rounds", self.tes_conn_id, backoff)
+        unlisted.discard(probe)
+        return True
+
+    # -- lookups ------------------------------------------------------------------------------------
+
+    def _look_up(self, task_ids: Iterable[str]) -> None:
+        """Queue GETs of these tasks (skipping those already queued or in flight) and make
+        sure enough workers drain the queue."""
+        for task_id in task_ids:
+            if task_id not in self._lookup_pending:
+                self._lookup_pending.add(task_id)
+                self._lookup_queue.append(task_id)
+        while self._lookup_queue and len(self._lookup_workers) < self._lookup_concurrency:
+            worker = asyncio.create_task(self._lookup_worker(), name=f"tes-lookup-{self.tes_conn_id}")
+            self._lookup_workers.add(worker)
+            worker.add_done_callback(self._lookup_workers.discard)
+
+    async def _lookup_worker(self) -> None:
+        while self._lookup_queue:
+            task_id = self._lookup_queue.popleft()
+            try:
+                if task_id in self.watches:
+                    self._deliver(task_id, await self._get_state(task_id))
+            finally:
+                self._lookup_pending.discard(task_id)
+
+    async def _lookups_done(self) -> None:
+        while self._lookup_workers:
+            await asyncio.wait(list(self._lookup_workers))
+
+    async def _get_state(self, task_id: str) -> StatusUpdate:
+        """One task's state by GET, or the error that kept it unknown; never raises."""
         try:
-            task = await self.hook.a_get_task(task_id, view=TesView.MINIMAL)
+            await self._connect()
+            task = await self._with_fresh_credential(
+                lambda: self.hook.a_get_task(task_id, view=TesView.MINIMAL)
+            )
         except TesError as err:
-            self._deliver(task_id, StatusUpdate(error=err))
-        else:
-            self._deliver(task_id, StatusUpdate(state=task.state or TesState.UNKNOWN))
+            return StatusUpdate(error=err)
+        except Exception as err:
+            log.warning("GET of TES task %s failed unexpectedly: %r", task_id, err)
+            return StatusUpdate(error=_unexpected(err, f"the status poll of TES task {task_id}"))
+        return StatusUpdate(state=task.state or TesState.UNKNOWN)
+
+    # -- the connection -----------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Build the client if needed; whatever stops that is a :class:`TesConfigurationError`
+        (a ``ca_bundle`` missing on this host, a port that does not parse, ...)."""
+        try:
+            await self.hook.a_get_conn()
+            settings = await self.hook.a_settings()
+        except TesConfigurationError:
+            raise
+        except Exception as err:
+            raise TesConfigurationError(
+                f"connection {self.tes_conn_id!r}: the TES client cannot be built on this host "
+                f"({type(err).__name__}: {err}); check its host, port and ca_bundle"
+            ) from None
+        # Lookups leave room at the hook's concurrency gate for the round's listings.
+        self._lookup_concurrency = max(1, settings.max_concurrency - len(LISTED_STATES))
+
+    async def _with_fresh_credential(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried once more after a refused credential (the connection is re-read:
+        a rotation) or after another coroutine re-read it while this call was in flight."""
+        generation = self._credential_generation
+        try:
+            return await call()
+        except TesAuthError:
+            await self._reload(generation)
+        except Exception:
+            if self._credential_generation == generation:
+                raise
+        return await call()
+
+    async def _reload(self, generation: int) -> None:
+        async with self._reload_lock:
+            if self._credential_generation != generation:
+                return  # another call re-read it meanwhile
+            log.warning("TES server refused the credential of %s; reading it again", self.tes_conn_id)
+            try:
+                await self.hook.a_reload()
+            except TesError:
+                raise
+            except Exception as err:
+                raise TesConfigurationError(
+                    f"connection {self.tes_conn_id!r} could not be read again ({type(err).__name__}: {err})"
+                ) from None
+            finally:
+                self._credential_generation += 1
+            await self._connect()
+
+    # -- delivery -----------------------------------------------------------------------------------
 
     def _deliver(self, task_id: str, update: StatusUpdate) -> None:
         for entry in self.watches.get(task_id, []):

@@ -15,6 +15,7 @@ from airflow_provider_tes.events import EventStatus, TesTaskEvent
 from airflow_provider_tes.exceptions import (
     TesError,
     TesMalformedResponseError,
+    TesNotFoundError,
     TesServerUnavailableError,
 )
 from airflow_provider_tes.hooks.tes import TesHook
@@ -25,6 +26,11 @@ from airflow_provider_tes.triggers.polling import SharedStatusPoller
 #: ends with an error event. Servers restart and proxies hiccup; a task that runs for
 #: hours should not fail because its server was away for a minute.
 DEFAULT_OUTAGE_BUDGET = 600.0
+
+#: Failed polls that may pass, so they count against the outage budget instead of ending the
+#: wait at once. A 404 is among them: eventually consistent servers (a load-balanced TES over a
+#: replicated store) answer 404 for a task created a moment ago on another node.
+OUTAGE_ERRORS = (TesServerUnavailableError, TesMalformedResponseError, TesNotFoundError)
 
 
 class TesTaskTrigger(BaseTrigger):
@@ -111,18 +117,14 @@ class TesTaskTrigger(BaseTrigger):
                     continue
                 if update.error is not None:
                     err = update.error
-                    if not isinstance(err, TesServerUnavailableError | TesMalformedResponseError):
+                    if not isinstance(err, OUTAGE_ERRORS):
                         yield self._event(EventStatus.ERROR, str(err), error=err)
                         return
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since >= self.outage_budget:
-                        yield self._event(
-                            EventStatus.ERROR,
-                            f"gave up polling TES task {self.tes_task_id} after {now - failing_since:.0f}s "
-                            f"of failures; last: {err}",
-                            error=err,
-                        )
+                        message = self._gave_up(now - failing_since, err)
+                        yield self._event(EventStatus.ERROR, message, error=err)
                         return
                     self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
                     continue
@@ -133,6 +135,18 @@ class TesTaskTrigger(BaseTrigger):
                     yield self._event(EventStatus.TERMINAL, f"TES task ended {state.value}", state=state)
                     return
 
+    def _gave_up(self, failing_for: float, err: TesError) -> str:
+        if isinstance(err, TesNotFoundError):
+            return (
+                f"gave up polling TES task {self.tes_task_id}: the server has answered 404 (no such task) "
+                f"for {failing_for:.0f}s (outage_budget {self.outage_budget:g}s); the task was deleted, "
+                f"never existed on this server, or the server lost it; last: {err}"
+            )
+        return (
+            f"gave up polling TES task {self.tes_task_id} after {failing_for:.0f}s of failures "
+            f"(outage_budget {self.outage_budget:g}s); last: {err}"
+        )
+
     def _time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
 
@@ -140,8 +154,8 @@ class TesTaskTrigger(BaseTrigger):
         message = f"TES task {self.tes_task_id} passed its deadline and was canceled"
         try:
             await hook.a_cancel_task(self.tes_task_id)
-        except TesError as err:
-            message = f"TES task {self.tes_task_id} passed its deadline; canceling it failed: {err}"
+        except Exception as err:  # the deadline event is sent whatever stopped the cancel
+            message = f"TES task {self.tes_task_id} passed its deadline; canceling it failed: {err!r}"
         self.log.warning(message)
         return self._event(EventStatus.DEADLINE, message)
 
