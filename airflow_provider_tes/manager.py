@@ -223,8 +223,12 @@ class TesTaskManager:
 
     # -- the outcome ------------------------------------------------------------------------------
 
-    def result(self, run_state: RunState, state: TesState) -> dict[str, Any]:
-        """The result of a task that ended ``state`` (not PREEMPTED), or the error it ended in."""
+    def result(self, run_state: RunState, state: TesState, *, output_shown: bool = False) -> dict[str, Any]:
+        """The result of a task that ended ``state`` (not PREEMPTED), or the error it ended in.
+
+        ``output_shown``: the live logs already put the command's output in the task log, so
+        its tails are not shown again.
+        """
         task = self.hook.get_task(run_state.tes_task_id, view=TesView.FULL)
         self.finished_task = task
         plan = self.plan()
@@ -241,9 +245,9 @@ class TesTaskManager:
         except TesTaskFailedError:
             self._log_system_logs(task)
             raise
-        if outcome.stdout_tail:
+        if outcome.stdout_tail and not output_shown:
             self.log.info("stdout (tail):\n%s", outcome.stdout_tail[-TAIL_BYTES:])
-        if outcome.stderr_tail:
+        if outcome.stderr_tail and not output_shown:
             self.log.info("stderr (tail):\n%s", outcome.stderr_tail[-TAIL_BYTES:])
         self._log_system_logs(task)
         return self._result(run_state, task, state, outcome.exit_code)

@@ -40,11 +40,20 @@ class TesWaitMixin:
             context, base_url=settings.base_url, tes_task_id=tes_task_id, template=settings.task_link_template
         )
 
-    def trigger_for(self, tes_task_id: str, *, deadline: float | None) -> TesTaskTrigger:
+    def trigger_for(
+        self,
+        tes_task_id: str,
+        *,
+        deadline: float | None,
+        log_interval: float | None = None,
+        startup_timeout: float | None = None,
+    ) -> TesTaskTrigger:
         return TesTaskTrigger(
             tes_task_id=tes_task_id,
             tes_conn_id=self.tes_conn_id,
             poll_interval=self.poll_interval or self.hook.settings.poll_interval,
             deadline=deadline,
             started_at=time.time(),
+            log_interval=log_interval,
+            startup_timeout=startup_timeout,
         )

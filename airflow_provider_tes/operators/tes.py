@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator, conf
+from airflow.sdk.definitions._internal.types import NOTSET, ArgNotSet
 
 from airflow_provider_tes.arguments import argument_error, validate_number, validate_preemptible
 from airflow_provider_tes.events import TesTaskEvent
@@ -98,6 +99,8 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         aws_conn_id: str | None = None,
         allowed_local_roots: Sequence[str] | None = None,
         poll_interval: float | None = None,
+        log_interval: float | ArgNotSet | None = NOTSET,
+        startup_timeout: float | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -126,12 +129,16 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.allowed_local_roots = allowed_local_roots
         self.poll_interval = poll_interval
+        self.log_interval = log_interval
+        self.startup_timeout = startup_timeout
         self.deferrable = deferrable
         self.tes_task_id: str | None = None
         # Checks that need no template rendering run here, when the DAG is parsed.
         self._spec().check_unrendered()
-        if poll_interval is not None:
-            validate_number("poll_interval", poll_interval)
+        for argument, value in (("poll_interval", poll_interval), ("startup_timeout", startup_timeout)):
+            validate_number(argument, value)
+        if not isinstance(log_interval, ArgNotSet):
+            validate_number("log_interval", log_interval)
         if not isinstance(tes_conn_id, str) or not tes_conn_id:
             raise argument_error("tes_conn_id", "must name an Airflow connection of type 'tes'")
 
@@ -172,9 +179,17 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         state = self.current_state(run_state.tes_task_id)
         if state.is_terminal:
             return self._finish(context, run_state, state)
-        trigger = self.trigger_for(run_state.tes_task_id, deadline=run_state.deadline)
+        trigger = self.trigger_for(
+            run_state.tes_task_id,
+            deadline=run_state.deadline,
+            log_interval=self.hook.settings.log_interval
+            if isinstance(self.log_interval, ArgNotSet)
+            else self.log_interval,
+            startup_timeout=self.startup_timeout,
+        )
         if not self.deferrable:
-            return self._finish(context, run_state, trigger.wait_here().terminal_state())
+            event = trigger.wait_here()
+            return self._finish(context, run_state, event.terminal_state(), lines_shown=event.lines_shown)
         timeout = None
         if run_state.deadline is not None:
             timeout = timedelta(seconds=max(0.0, run_state.deadline - time.time())) + DEADLINE_GRACE
@@ -191,17 +206,17 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         stored = ti.xcom_pull(task_ids=ti.task_id, key=RUN_STATE_KEY, map_indexes=ti.map_index)
         if not stored:
             raise TesError(f"TES task {self.tes_task_id} ended {state.value}, but its run state is missing")
-        return self._finish(context, RunState.from_xcom(stored), state)
+        return self._finish(context, RunState.from_xcom(stored), state, lines_shown=decoded.lines_shown)
 
     # -- results ------------------------------------------------------------------------------------
 
-    def _finish(self, context: Context, run_state: RunState, state: TesState) -> Any:
+    def _finish(self, context: Context, run_state: RunState, state: TesState, *, lines_shown: int = 0) -> Any:
         if state is TesState.PREEMPTED:
             run_state = self.manager.resubmit_after_preemption(run_state)
             self._publish(context, run_state)
             return self._wait(context, run_state)
         # Kept for OpenLineage, which asks in this process right after execute returns.
-        self._result = self.manager.result(run_state, state)
+        self._result = self.manager.result(run_state, state, output_shown=lines_shown > 0)
         return self._result
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -33,6 +33,7 @@ import collections
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -83,6 +84,52 @@ class _Watch:
     last: TesState | TesError | None = None
 
 
+#: Per event loop (weakly: a loop that ends takes its entry along), per connection: the
+#: client and how many pollers use it.
+_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[TesHook, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _acquire_hook(tes_conn_id: str) -> TesHook:
+    """The connection's client in this loop, shared by the pollers of every interval."""
+    hooks = _HOOKS.setdefault(asyncio.get_running_loop(), {})
+    hook, users = hooks.get(tes_conn_id, (None, 0))
+    if hook is None:
+        hook = TesHook(tes_conn_id)
+    hooks[tes_conn_id] = (hook, users + 1)
+    return hook
+
+
+async def _release_hook(tes_conn_id: str) -> None:
+    """Done with the client: the last user closes it, so an idle triggerer holds no sockets."""
+    hooks = _HOOKS.get(asyncio.get_running_loop(), {})
+    hook, users = hooks.get(tes_conn_id, (None, 0))
+    if hook is None:
+        return
+    if users > 1:
+        hooks[tes_conn_id] = (hook, users - 1)
+        return
+    del hooks[tes_conn_id]
+    await hook.aclose()
+
+
+@contextlib.asynccontextmanager
+async def borrowed_hook(tes_conn_id: str) -> AsyncIterator[TesHook]:
+    """The connection's live client if a poller has one, else a client for this call alone.
+
+    For the triggers' cancel path: marking many deferred tasks failed at once cancels them one
+    after another while the others still poll, so each cancel reuses the pollers' client
+    instead of setting up TLS (tens of milliseconds of blocking work) on the event loop.
+    """
+    hook, _users = _HOOKS.get(asyncio.get_running_loop(), {}).get(tes_conn_id, (None, 0))
+    if hook is not None:
+        yield hook
+        return
+    async with TesHook(tes_conn_id) as own:
+        yield own
+
+
 def _unexpected(err: BaseException, what: str) -> TesServerUnavailableError:
     """An unexpected failure as an error a watcher counts against its outage budget."""
     return TesServerUnavailableError(f"{what} failed unexpectedly ({type(err).__name__}: {err})")
@@ -96,7 +143,8 @@ class SharedStatusPoller:
     def __init__(self, tes_conn_id: str, interval: float, hook: TesHook | None = None) -> None:
         self.tes_conn_id = tes_conn_id
         self.interval = interval
-        self.hook = hook or TesHook(tes_conn_id)
+        self._shares_hook = hook is None
+        self.hook = hook or _acquire_hook(tes_conn_id)
         self.watches: dict[str, list[_Watch]] = {}
         self.rounds = 0
         #: Refused listings in a row, and the first round that lists again.
@@ -150,8 +198,9 @@ class SharedStatusPoller:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
-        """Stop polling and close the client; never raises (it runs while a trigger is canceled,
-        and must not replace the cancellation with a dead round's error)."""
+        """Stop polling and let go of the client (the last poller of a connection closes it);
+        never raises (it runs while a trigger is canceled, and must not replace the
+        cancellation with a dead round's error)."""
         for key, poller in list(self._registry.items()):
             if poller is self:
                 del self._registry[key]
@@ -170,7 +219,10 @@ class SharedStatusPoller:
             if not task.cancelled() and task.exception() is not None:
                 log.warning("TES poller task of %s had failed: %r", self.tes_conn_id, task.exception())
         try:
-            await self.hook.aclose()
+            if self._shares_hook:
+                await _release_hook(self.tes_conn_id)
+            else:
+                await self.hook.aclose()
         except Exception as err:
             log.warning("Closing the TES client of %s failed: %r", self.tes_conn_id, err)
 

@@ -19,8 +19,9 @@ from airflow_provider_tes.exceptions import (
     TesServerUnavailableError,
 )
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.models import TesState
-from airflow_provider_tes.triggers.polling import SharedStatusPoller
+from airflow_provider_tes.models import TesState, TesView
+from airflow_provider_tes.triggers.polling import SharedStatusPoller, StatusUpdate, borrowed_hook
+from airflow_provider_tes.triggers.progress import LiveLog, StartupClock
 
 #: How long polls may keep failing (transport errors, 5xx, garbled bodies) before the wait
 #: ends with an error event. Servers restart and proxies hiccup; a task that runs for
@@ -43,6 +44,10 @@ class TesTaskTrigger(BaseTrigger):
         event is sent (Airflow does not enforce ``execution_timeout`` while deferred).
     :param outage_budget: seconds of consecutive failed polls tolerated.
     :param started_at: Unix time the task was submitted, for elapsed times in the log.
+    :param log_interval: seconds between reads of the task's executor log, whose new lines are
+        shown in the task log while it runs (``None``: no live logs).
+    :param startup_timeout: seconds the task may stay QUEUED/INITIALIZING: a warning at half,
+        then the TES task is canceled and a ``startup_timeout`` event sent (``None``: no limit).
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class TesTaskTrigger(BaseTrigger):
         deadline: float | None = None,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
         started_at: float | None = None,
+        log_interval: float | None = None,
+        startup_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.tes_task_id = tes_task_id
@@ -61,6 +68,8 @@ class TesTaskTrigger(BaseTrigger):
         self.deadline = deadline
         self.outage_budget = float(outage_budget)
         self.started_at = started_at
+        self.log_interval = log_interval
+        self.startup_timeout = startup_timeout
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -72,11 +81,18 @@ class TesTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "outage_budget": self.outage_budget,
                 "started_at": self.started_at,
+                "log_interval": self.log_interval,
+                "startup_timeout": self.startup_timeout,
             },
         )
 
     def _event(
-        self, status: EventStatus, message: str, state: TesState | None = None, error: Exception | None = None
+        self,
+        status: EventStatus,
+        message: str,
+        state: TesState | None = None,
+        error: Exception | None = None,
+        lines_shown: int = 0,
     ) -> TriggerEvent:
         return TesTaskEvent(
             status=status,
@@ -84,6 +100,7 @@ class TesTaskTrigger(BaseTrigger):
             message=message,
             state=state,
             error_type=type(error).__name__ if error else None,
+            lines_shown=lines_shown,
         ).to_trigger_event()
 
     def wait_here(self) -> TesTaskEvent:
@@ -103,37 +120,82 @@ class TesTaskTrigger(BaseTrigger):
 
     async def run(self) -> AsyncGenerator[TriggerEvent, None]:
         poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval)
+        live = (
+            LiveLog(poller.hook, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
+        )
+        reading = asyncio.create_task(live.run()) if live else None
+        try:
+            async with (
+                poller.watch(self.tes_task_id) as updates,
+                contextlib.aclosing(self._wait(poller, updates, live)) as events,
+            ):
+                async for event in events:
+                    yield event
+                    return
+        finally:
+            if reading is not None:
+                reading.cancel()
+
+    async def _wait(
+        self, poller: SharedStatusPoller, updates: asyncio.Queue[StatusUpdate], live: LiveLog | None
+    ) -> AsyncGenerator[TriggerEvent, None]:
         failing_since: float | None = None
-        async with poller.watch(self.tes_task_id) as updates:
-            while True:
-                left = self._time_left()
-                if left is not None and left <= 0:
-                    yield await self._cancel_for_deadline(poller.hook)
+        startup = StartupClock(self.startup_timeout)
+        state, state_since = None, time.monotonic()
+        while True:
+            left = self._time_left()
+            if left is not None and left <= 0:
+                yield await self._cancel_for_deadline(poller.hook)
+                return
+            now = time.monotonic()
+            due = startup.due(now)
+            if due == "expired":
+                yield await self._cancel_for_startup(poller.hook, state, startup.waited(now))
+                return
+            if due == "warn":
+                self.log.warning(
+                    "TES task %s has been %s for %.0fs; it will be canceled after %gs (startup_timeout)",
+                    self.tes_task_id,
+                    state.value if state else "waiting",
+                    startup.waited(now),
+                    self.startup_timeout,
+                )
+            timeouts = [t for t in (left, startup.seconds_to_next_check(now)) if t is not None]
+            try:
+                # A hanging server cannot push the deadline back: the wait is bounded.
+                update = await asyncio.wait_for(updates.get(), timeout=min(timeouts) if timeouts else None)
+            except TimeoutError:
+                continue
+            if update.error is not None:
+                err = update.error
+                if not isinstance(err, OUTAGE_ERRORS):
+                    yield self._event(EventStatus.ERROR, str(err), error=err)
                     return
-                try:
-                    # A hanging server cannot push the deadline back: the wait is bounded.
-                    update = await asyncio.wait_for(updates.get(), timeout=left)
-                except TimeoutError:
-                    continue
-                if update.error is not None:
-                    err = update.error
-                    if not isinstance(err, OUTAGE_ERRORS):
-                        yield self._event(EventStatus.ERROR, str(err), error=err)
-                        return
-                    now = time.monotonic()
-                    failing_since = failing_since or now
-                    if now - failing_since >= self.outage_budget:
-                        message = self._gave_up(now - failing_since, err)
-                        yield self._event(EventStatus.ERROR, message, error=err)
-                        return
-                    self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
-                    continue
-                failing_since = None
-                state = update.state or TesState.UNKNOWN
-                self.log.info("TES task %s is %s (after %s)", self.tes_task_id, state.value, self._elapsed())
-                if state.is_terminal:
-                    yield self._event(EventStatus.TERMINAL, f"TES task ended {state.value}", state=state)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= self.outage_budget:
+                    message = self._gave_up(now - failing_since, err)
+                    yield self._event(EventStatus.ERROR, message, error=err)
                     return
+                self.log.warning("Poll of TES task %s failed, will retry: %s", self.tes_task_id, err)
+                continue
+            failing_since = None
+            now = time.monotonic()
+            previous = f" ({state.value.lower()} for {now - state_since:.1f}s)" if state else ""
+            state, state_since = update.state or TesState.UNKNOWN, now
+            startup.observe(state, now)
+            self.log.info(
+                "TES task %s is %s after %s%s", self.tes_task_id, state.value, self._elapsed(), previous
+            )
+            if state.is_terminal:
+                shown = 0
+                if live is not None:
+                    await live.read(final=True)
+                    shown = live.follower.lines_shown
+                yield self._event(
+                    EventStatus.TERMINAL, f"TES task ended {state.value}", state=state, lines_shown=shown
+                )
+                return
 
     def _gave_up(self, failing_for: float, err: TesError) -> str:
         if isinstance(err, TesNotFoundError):
@@ -159,12 +221,31 @@ class TesTaskTrigger(BaseTrigger):
         self.log.warning(message)
         return self._event(EventStatus.DEADLINE, message)
 
+    async def _cancel_for_startup(self, hook: TesHook, state: TesState | None, waited: float) -> TriggerEvent:
+        where = f"TES task {self.tes_task_id} stayed {state.value if state else 'queued'} for {waited:.0f}s"
+        message = f"{where}, past startup_timeout ({self.startup_timeout:g}s), and was canceled"
+        try:
+            await hook.a_cancel_task(self.tes_task_id)
+            task = await hook.a_get_task(self.tes_task_id, view=TesView.FULL)
+        except Exception as err:  # the event is sent whatever stopped the cancel
+            message = (
+                f"{where}, past startup_timeout ({self.startup_timeout:g}s); canceling it failed: {err!r}"
+            )
+        else:
+            log = task.last_log
+            system_logs = "\n".join(log.system_logs or []) if log else ""
+            message += (
+                f"; the server's system logs: {system_logs}" if system_logs else "; the server gave no reason"
+            )
+        self.log.warning(message)
+        return self._event(EventStatus.STARTUP_TIMEOUT, message)
+
     async def on_kill(self) -> None:
         """A user marked the task failed/success or cleared it: stop the remote work too.
 
         Airflow (>= 3.3) calls this only for user actions, never on triggerer restarts or
         redistribution, so canceling here cannot kill a task that is merely being moved.
         """
-        async with TesHook(self.tes_conn_id) as hook:
-            self.log.info("Canceling TES task %s on user request", self.tes_task_id)
+        self.log.info("Canceling TES task %s on user request", self.tes_task_id)
+        async with borrowed_hook(self.tes_conn_id) as hook:
             await hook.a_cancel_task(self.tes_task_id)

@@ -1,0 +1,131 @@
+"""What a running TES task shows and what a stuck one does, against Funnel (and the proxy).
+
+* live logs: new executor-log lines appear in the trigger's log while the task runs, each once;
+* startup_timeout: a task held QUEUED is warned about at half the timeout, then canceled on the
+  server, and the Airflow side fails naming the state and how long it waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from airflow_provider_tes.exceptions import TesStartupTimeoutError
+from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.models import TesExecutor, TesState, TesTask
+from airflow_provider_tes.operators.tes import TesTaskOperator
+from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from tests.support.airflow_env import aws_connection, tes_connection
+from tests.support.tes_proxy import TesProxy
+
+pytestmark = pytest.mark.funnel
+
+NUMBERED = "i=1; while [ $i -le 8 ]; do echo line-$i; i=$((i+1)); sleep 0.5; done"
+
+
+@pytest.fixture
+def conns(monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any, s3_bucket: str) -> Iterator[str]:
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TES_WATCH",
+        tes_connection(funnel.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/watch/"),
+    )
+    return "tes_watch"
+
+
+def _events(logs: list[dict[str, Any]]) -> list[str]:
+    return [str(entry.get("event", "")) for entry in logs]
+
+
+async def test_live_lines_appear_while_running_each_once(conns: str) -> None:
+    with TesHook(conns) as hook:
+        tes_id = hook.create_task(
+            TesTask(
+                name=f"live-{uuid.uuid4().hex[:8]}",
+                executors=[TesExecutor(image="alpine:3.20", command=["/bin/sh", "-c", NUMBERED])],
+            )
+        )
+    trigger = TesTaskTrigger(tes_id, conns, poll_interval=0.5, log_interval=0.5, started_at=time.time())
+    seen_while_running: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+
+        async def watch_running() -> None:
+            while True:
+                await asyncio.sleep(0.25)
+                seen_while_running[:] = [e for e in _events(logs) if e.startswith("stdout | line-")]
+
+        watcher = asyncio.create_task(watch_running())
+        events = [e async for e in trigger.run()]
+        watcher.cancel()
+    lines = [e for e in _events(logs) if e.startswith("stdout | ")]
+    assert lines == [f"stdout | line-{i}" for i in range(1, 9)], lines  # all, in order, once
+    assert len(seen_while_running) >= 3, "lines must appear while the task runs, not only at its end"
+    assert events[0].payload["state"] == "COMPLETE"
+    assert events[0].payload["lines_shown"] == 8
+
+
+def _context(task_id: str) -> Any:
+    ti = SimpleNamespace(
+        dag_id="tes_watch",
+        task_id=task_id,
+        run_id=f"watch-{uuid.uuid4().hex[:8]}",
+        map_index=-1,
+        try_number=1,
+        xcom_push=lambda **kw: None,
+        xcom_pull=lambda *a, **kw: None,
+    )
+    return {"ti": ti}
+
+
+def test_task_held_queued_past_startup_timeout_is_canceled(
+    monkeypatch: pytest.MonkeyPatch, funnel: Any, conns: str, s3_bucket: str
+) -> None:
+    with TesProxy(funnel.url) as proxy:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_TES_WATCH_HELD",
+            tes_connection(
+                proxy.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/watch/"
+            ),
+        )
+        real_create = TesHook.create_task
+
+        def create_then_hold(self: TesHook, task: TesTask) -> str:
+            tes_id = real_create(self, task)
+            proxy.rewrite_state(tes_id, "QUEUED")  # the server "never starts" it
+            return tes_id
+
+        monkeypatch.setattr(TesHook, "create_task", create_then_hold)
+        op = TesTaskOperator(
+            task_id="held",
+            image="alpine:3.20",
+            command="sleep 120",
+            tes_conn_id="tes_watch_held",
+            poll_interval=0.5,
+            startup_timeout=4,
+            deferrable=False,
+        )
+        started = time.monotonic()
+        with structlog.testing.capture_logs() as logs, pytest.raises(TesStartupTimeoutError) as info:
+            op.execute(_context("held"))
+        waited = time.monotonic() - started
+    message = str(info.value)
+    assert re.search(r"stayed QUEUED for \d+s, past startup_timeout \(4s\), and was canceled", message), (
+        message
+    )
+    assert 4 <= waited < 30
+    assert any("it will be canceled after 4s" in e for e in _events(logs)), _events(logs)
+    assert op.tes_task_id
+    with TesHook(conns) as hook:
+        for _ in range(60):
+            if hook.get_task(op.tes_task_id).state is TesState.CANCELED:
+                break
+            time.sleep(0.5)
+        assert hook.get_task(op.tes_task_id).state is TesState.CANCELED
