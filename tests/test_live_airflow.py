@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -95,3 +96,39 @@ def test_mark_failed_while_deferred_cancels_the_tes_task(live: AirflowServices, 
     live.set_ti_state(DAG_ID, run_id, TASK_ID, "failed")
     assert _wait_state(tes, tes_id, {TesState.CANCELED}, timeout=120) is TesState.CANCELED
     assert _tasks_of_run(tes, run_id) == [tes_id]
+
+
+def _task_log(live: AirflowServices, dag_id: str, run_id: str, task_id: str) -> str:
+    """The task's log as the UI reads it (API, all of it), as text."""
+    answer = live.api(
+        "GET",
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        params={"full_content": "true"},
+        headers={"Accept": "application/json"},
+    )
+    content = answer.get("content", "") if isinstance(answer, dict) else answer
+    if isinstance(content, list):
+        return "\n".join(
+            str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry) for entry in content
+        )
+    return str(content)
+
+
+def test_live_logs_reach_the_task_log_while_it_runs(live: AirflowServices) -> None:
+    dag_id, task_id = "tes_test_live_logs", "counter"
+    live.wait_for_dag(dag_id)
+    run_id = live.trigger(dag_id)
+    counted = re.compile(r"stdout \| counted-(\d+)\b")
+    seen_while_running: set[int] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        state = live.task_instance(dag_id, run_id, task_id).get("state")
+        if state in ("success", "failed"):
+            break
+        if state == "deferred":
+            seen_while_running |= {int(n) for n in counted.findall(_task_log(live, dag_id, run_id, task_id))}
+        time.sleep(1)
+    assert live.wait_for_ti(dag_id, run_id, task_id, {"success", "failed"}, timeout=120) == "success"
+    assert len(seen_while_running) >= 10, f"only {sorted(seen_while_running)} were in the log while it ran"
+    final = [int(n) for n in counted.findall(_task_log(live, dag_id, run_id, task_id))]
+    assert sorted(final) == list(range(1, 21)), final  # all 20, each exactly once
