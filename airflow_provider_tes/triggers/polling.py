@@ -116,18 +116,18 @@ async def _release_hook(tes_conn_id: str) -> None:
 
 @contextlib.asynccontextmanager
 async def borrowed_hook(tes_conn_id: str) -> AsyncIterator[TesHook]:
-    """The connection's live client if a poller has one, else a client for this call alone.
+    """The connection's live client for one call (a new one when no poller has one), held so
+    that pollers ending meanwhile do not close it under the call.
 
     For the triggers' cancel path: marking many deferred tasks failed at once cancels them one
     after another while the others still poll, so each cancel reuses the pollers' client
     instead of setting up TLS (tens of milliseconds of blocking work) on the event loop.
     """
-    hook, _users = _HOOKS.get(asyncio.get_running_loop(), {}).get(tes_conn_id, (None, 0))
-    if hook is not None:
+    hook = _acquire_hook(tes_conn_id)
+    try:
         yield hook
-        return
-    async with TesHook(tes_conn_id) as own:
-        yield own
+    finally:
+        await _release_hook(tes_conn_id)
 
 
 def _unexpected(err: BaseException, what: str) -> TesServerUnavailableError:
