@@ -375,9 +375,24 @@ def from_minimal_json(model: type[_Minimal], body: bytes) -> _Minimal:
     """Parse the JSON answer to a MINIMAL request into ``model`` (a task or a page of them).
 
     Raises :class:`pydantic.ValidationError` for a body that is not JSON or not such an answer.
+    A page is judged entry by entry: one entry with an unknown state (a foreign task on a server
+    that ignores the tag filter) keeps its id with no state, and one without a string id is
+    left out, instead of failing the whole page; the caller looks such tasks up if it needs them.
     """
-    shape: type[BaseModel] = _MinimalPage if model is TesListTasksResponse else _MinimalTask
-    return model.from_response(shape.model_validate_json(body).model_dump(exclude_unset=True))
+    if model is TesListTasksResponse:
+        page = _MinimalPage.model_validate_json(body).model_dump(exclude_unset=True)
+        page["tasks"] = [_readable_entry(entry) for entry in page.get("tasks") or []]
+        page["tasks"] = [entry for entry in page["tasks"] if entry is not None]
+        return model.from_response(page)
+    return model.from_response(_MinimalTask.model_validate_json(body).model_dump(exclude_unset=True))
+
+
+def _readable_entry(entry: dict[str, Any]) -> dict[str, Any] | None:
+    if not isinstance(entry.get("id"), str) or not entry["id"]:
+        return None
+    if entry.get("state") not in TesState.__members__:
+        entry["state"] = None
+    return entry
 
 
 class TesServiceType(TesModel):

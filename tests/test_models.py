@@ -544,3 +544,11 @@ def test_service_info_without_type_or_version() -> None:
     info = TesServiceInfo.from_response({"id": "org.example", "name": "tes"})
     assert info.type is None
     assert info.version is None
+
+
+def test_minimal_page_is_judged_entry_by_entry() -> None:
+    from airflow_provider_tes.models import TesListTasksResponse, from_minimal_json
+
+    body = b'{"tasks": [{"id": "a", "state": "RUNNING"}, {"id": "b", "state": "SUSPENDED"}, {"state": "QUEUED"}]}'
+    page = from_minimal_json(TesListTasksResponse, body)
+    assert [(t.id, t.state) for t in page.tasks] == [("a", TesState.RUNNING), ("b", None)]

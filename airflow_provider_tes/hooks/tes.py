@@ -101,6 +101,7 @@ class TesHook(BaseHook):
         self._gate: threading.BoundedSemaphore | None = None
         self._async_client: httpx.AsyncClient | None = None
         self._async_gate: asyncio.Semaphore | None = None
+        self._retired_async_clients: list[httpx.AsyncClient] = []
         self._lock = threading.Lock()
         #: Knows every credential this hook has read or been issued; see :meth:`_call`.
         self._scrub = Scrubber()
@@ -171,7 +172,9 @@ class TesHook(BaseHook):
         old, self._async_client = self._async_client, None
         self._settings = settings
         if old is not None:
-            await old.aclose()
+            # Requests may still be in flight on it (a poller's other lookups): it is retired,
+            # not closed under them, and closed with the hook.
+            self._retired_async_clients.append(old)
         return settings
 
     @property
@@ -213,7 +216,8 @@ class TesHook(BaseHook):
             self._async_client = httpx.AsyncClient(
                 transport=self._async_transport, **self._client_kwargs(settings)
             )
-            self._async_gate = asyncio.Semaphore(settings.max_concurrency)
+            if self._async_gate is None:  # kept across a reload: its slots may be held
+                self._async_gate = asyncio.Semaphore(settings.max_concurrency)
         return self._async_client
 
     def close(self) -> None:
@@ -223,8 +227,11 @@ class TesHook(BaseHook):
                 self._client = None
 
     async def aclose(self) -> None:
+        clients, self._retired_async_clients = self._retired_async_clients, []
         if self._async_client is not None:
-            client, self._async_client = self._async_client, None
+            clients.append(self._async_client)
+            self._async_client = None
+        for client in clients:
             await client.aclose()
 
     def __enter__(self) -> Self:
@@ -267,12 +274,13 @@ class TesHook(BaseHook):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _a_call(self, req: Request[M]) -> M:
-        client = await self.a_get_conn()
         settings = await self.a_settings()
-        assert self._async_gate is not None
         with self._scrubbed_errors():
             async for attempt in tenacity.AsyncRetrying(**self._retrying(settings)):
                 with attempt:
+                    # Fetched per try: a reload between tries brings a new client and credential.
+                    client = await self.a_get_conn()
+                    assert self._async_gate is not None
                     async with self._async_gate:
                         with _typed_failures(req, settings):
                             async with asyncio.timeout(settings.timeout):
