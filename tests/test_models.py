@@ -549,6 +549,9 @@ def test_service_info_without_type_or_version() -> None:
 def test_minimal_page_is_judged_entry_by_entry() -> None:
     from airflow_provider_tes.models import TesListTasksResponse, from_minimal_json
 
-    body = b'{"tasks": [{"id": "a", "state": "RUNNING"}, {"id": "b", "state": "SUSPENDED"}, {"state": "QUEUED"}]}'
+    body = (
+        b'{"tasks": [{"id": "a", "state": "RUNNING"}, {"id": "b", "state": "SUSPENDED"}, '
+        b'{"state": "QUEUED"}]}'
+    )
     page = from_minimal_json(TesListTasksResponse, body)
     assert [(t.id, t.state) for t in page.tasks] == [("a", TesState.RUNNING), ("b", None)]
