@@ -18,6 +18,7 @@ task                      DAG             state
 ========================  ==============  ====================================================
 
 plus a task with this deployment's tags but a forged signature, and one of another deployment.
+``waiting`` has a run id with markup in it, which the page must show as text.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ pytestmark = pytest.mark.funnel
 
 DEPLOYMENT = f"tes-view-{uuid.uuid4().hex[:6]}"
 TENANT_SECRET = secrets.token_urlsafe(24)
-#: A run id with markup in it: the page must show it as text.
-RUN_ID = 'manual__<b>bold</b>&"quoted"'
+RUN_ID = "manual__2026-06-01T12:00:00+00:00"
+#: The run id of one task, with markup in it: the page must show it as text.
+MARKUP_RUN_ID = 'manual__<b>bold</b>&"quoted"'
 USER = "viewer"
 
 
@@ -103,7 +105,14 @@ class Rows(HTMLParser):
         return {row["id"]: row for row in self.rows}
 
 
-def _submit(conn_id: str, dag_id: str, task_id: str, command: str | list[str], map_index: int = -1) -> str:
+def _submit(
+    conn_id: str,
+    dag_id: str,
+    task_id: str,
+    command: str | list[str],
+    map_index: int = -1,
+    run_id: str = RUN_ID,
+) -> str:
     # A list command runs as is (no exit-code wrapper), so a failing one ends EXECUTOR_ERROR on Funnel.
     op = TesTaskOperator(
         task_id=task_id,
@@ -116,7 +125,7 @@ def _submit(conn_id: str, dag_id: str, task_id: str, command: str | list[str], m
     ti = SimpleNamespace(
         dag_id=dag_id,
         task_id=task_id,
-        run_id=RUN_ID,
+        run_id=run_id,
         map_index=map_index,
         try_number=1,
         xcom_push=lambda **kw: None,
@@ -197,7 +206,7 @@ def setup(
             ids["item0"] = _submit(submit, "tes_view_a", "per_item", "echo 0", map_index=0)
             ids["item1"] = _submit(submit, "tes_view_a", "per_item", "echo 1", map_index=1)
             ids["stopped"] = _submit(submit, "tes_view_b", "stopped", "sleep 600")
-            ids["waiting"] = _submit(submit, "tes_view_b", "waiting", "echo soon")
+            ids["waiting"] = _submit(submit, "tes_view_b", "waiting", "echo soon", run_id=MARKUP_RUN_ID)
             with TesHook(submit) as hook:
                 planted_tags = {
                     "deployment": DEPLOYMENT,
@@ -352,3 +361,19 @@ def test_the_plugin_is_registered_with_its_menu_entry(setup: Setup) -> None:
     assert plugin["fastapi_apps"][0]["url_prefix"] == "/tes"
     views = {(v["destination"], v["href"]) for v in plugin["external_views"]}
     assert views == {("nav", "/tes/tasks"), ("dag", "/tes/tasks?dag_id={DAG_ID}")}
+
+
+def test_the_menu_entry_shows_the_page_in_the_airflow_ui(setup: Setup) -> None:
+    """Headless Chromium opens "TES tasks" in the UI (screenshot: docs/images/tes-view.png)."""
+    from tests.test_browser import _drive
+
+    result = _drive(
+        "tes-view",
+        {"airflow_url": setup.services.url, "url_route": "tes_tasks", "viewport_height": 760},
+        env={"AIRFLOW_TOKEN": setup.token},
+    )
+    assert result["iframe_src"].endswith("/tes/tasks"), result
+    assert sorted(result["states"]) == sorted(
+        ["COMPLETE"] * 3 + ["EXECUTOR_ERROR", "RUNNING", "CANCELED", "QUEUED"]
+    )
+    assert result["counts"]["ALL"] == 7
