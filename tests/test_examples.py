@@ -156,3 +156,20 @@ def test_openlineage_facets_name_s3_inputs_and_outputs(
     )
     stdout_key = result["stdout_url"].removeprefix(namespace + "/")
     assert (namespace, stdout_key) in outputs, outputs
+
+
+def test_submit_and_sense(airflow: AirflowEnv, s3_client: Any) -> None:
+    airflow.dags_test("example_tes_submit_and_sense")
+    assert airflow.task_states("example_tes_submit_and_sense") == {"submit": "success", "wait": "success"}
+    submitted = airflow.xcom("example_tes_submit_and_sense", "submit")
+    # The operator returned right after submitting: the command (sleep 8) had not ended.
+    assert submitted["state"] in {"QUEUED", "INITIALIZING", "RUNNING"}, submitted
+    assert "exit_code" not in submitted
+    assert submitted["attempts"] == [submitted["tes_task_id"]]
+    assert submitted["work_dir_url"] == submitted["outputs_url"] + "work/"
+    tes_id = airflow.xcom("example_tes_submit_and_sense", "submit", key="tes_task_id")
+    assert tes_id == submitted["tes_task_id"]
+    # The sensor waited for that task and saw it complete; its outputs are where the result said.
+    assert airflow.xcom("example_tes_submit_and_sense", "wait") == "COMPLETE"
+    assert read_s3(s3_client, submitted["work_dir_url"] + "later.txt") == "finished later\n"
+    assert s3_exists(s3_client, submitted["stdout_url"])

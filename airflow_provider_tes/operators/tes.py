@@ -47,6 +47,10 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
     uploaded to ``{outputs_url}/{name}-{timestamp}/``. While the task runs the operator
     defers to :class:`TesTaskTrigger`, holding no worker slot.
 
+    With ``wait_for_completion=False`` it submits (staging, links and the ``tes_task_id`` XCom
+    as usual) and returns at once with the state it saw and no exit code, for a
+    :class:`~airflow_provider_tes.sensors.tes.TesTaskSensor` to wait on later.
+
     See the README for every argument with an example.
     """
 
@@ -102,6 +106,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         log_interval: float | ArgNotSet | None = NOTSET,
         startup_timeout: float | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        wait_for_completion: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,6 +137,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         self.log_interval = log_interval
         self.startup_timeout = startup_timeout
         self.deferrable = deferrable
+        self.wait_for_completion = _validate_wait_for_completion(wait_for_completion, self.preemptible)
         self.tes_task_id: str | None = None
         # Checks that need no template rendering run here, when the DAG is parsed.
         self._spec().check_unrendered()
@@ -161,8 +167,12 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
     def execute(self, context: Context) -> Any:
         identity = TaskIdentity.from_task_instance(context["ti"], label=self.name)
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+        if not self.wait_for_completion:
+            deadline = None  # nothing waits here, so nothing cancels the task at a deadline
         run_state = self.manager.start(identity, deadline)
         self._publish(context, run_state)
+        if not self.wait_for_completion:
+            return self._submitted(run_state)
         return self._wait(context, run_state)
 
     def _publish(self, context: Context, run_state: RunState) -> None:
@@ -172,6 +182,30 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         self.publish_task_link(context, self.tes_task_id)
         if run_state.output_folder:
             TesOutputsLink.persist(context, outputs_url=run_state.output_folder.url)
+
+    def _submitted(self, run_state: RunState) -> dict[str, Any]:
+        """The result of a submit-only run: what was sent and the state seen just after.
+
+        It has no ``exit_code`` (nor ``outputs``): the command has not ended yet, and nothing
+        here reads its outcome. The sensor waits for the task; ``work_dir_url`` and the other
+        URLs are where its outputs will be.
+        """
+        state = self.current_state(run_state.tes_task_id)
+        self.log.info(
+            "Not waiting for TES task %s (wait_for_completion=False); it is %s",
+            run_state.tes_task_id,
+            state.value,
+        )
+        folder = run_state.output_folder
+        return {
+            "tes_task_id": run_state.tes_task_id,
+            "state": state.value,
+            "attempts": list(run_state.attempts),
+            "outputs_url": folder.url if folder else None,
+            "work_dir_url": f"{folder.work}/" if folder else None,
+            "stdout_url": folder.stdout if folder else None,
+            "stderr_url": folder.stderr if folder else None,
+        }
 
     # -- waiting ------------------------------------------------------------------------------------
 
@@ -238,3 +272,15 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
                 self.manager.cancel(self.tes_task_id)
             except TesError as err:
                 self.log.error("Could not cancel TES task %s: %s", self.tes_task_id, err)
+
+
+def _validate_wait_for_completion(wait: bool, preemptible: int) -> bool:
+    if not isinstance(wait, bool):
+        raise argument_error("wait_for_completion", f"must be True or False, got {wait!r}")
+    if not wait and preemptible:
+        raise argument_error(
+            "wait_for_completion",
+            "False cannot go with 'preemptible': resubmitting after preemption needs the operator "
+            "to wait; a sensor on the task sees PREEMPTED and fails",
+        )
+    return wait

@@ -3,6 +3,7 @@
 //
 //   node drive.js connection-form   < config.json
 //   node drive.js task-instance     < config.json
+//   node drive.js tes-view          < config.json   (Airflow JWT in $AIRFLOW_TOKEN)
 //
 // The config (JSON on stdin) carries the Airflow URL, the screenshot folder and, for
 // task-instance, the run and the TES basic-auth credentials. Prints one JSON object with
@@ -152,9 +153,30 @@ async function taskInstance(config) {
   });
 }
 
+// (3) The TES view, as the "TES tasks" menu entry opens it: the plugin page in an iframe.
+async function tesView(config) {
+  return withPage(config, {}, async (page, context) => {
+    // Logged in as the UI logs in: the API server's JWT in the session cookie.
+    await context.addCookies([{ name: '_token', value: process.env.AIRFLOW_TOKEN || '', url: config.airflow_url }]);
+    await page.goto(`${config.airflow_url}/plugin/${config.url_route}`);
+    const frame = page.frameLocator('iframe');
+    const rows = frame.locator('tr[data-tes-task-id]');
+    await rows.first().waitFor();
+    await page.waitForTimeout(500); // let the UI's navigation settle before the screenshot
+    const states = await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.state));
+    const counts = await frame
+      .locator('li[data-count-state]')
+      .evaluateAll((lis) => Object.fromEntries(lis.map((li) => [li.dataset.countState, Number(li.dataset.count)])));
+    const iframeSrc = await page.locator('iframe').first().getAttribute('src');
+    const shot = path.join(config.screenshot_dir, 'tes-view.png');
+    await page.screenshot({ path: shot });
+    return { iframe_src: iframeSrc, states, counts, screenshots: [shot] };
+  });
+}
+
 async function main() {
   const mode = process.argv[2];
-  const steps = { 'connection-form': connectionForm, 'task-instance': taskInstance };
+  const steps = { 'connection-form': connectionForm, 'task-instance': taskInstance, 'tes-view': tesView };
   if (!steps[mode]) throw new Error(`usage: drive.js ${Object.keys(steps).join('|')} < config.json`);
   const config = readConfig();
   fs.mkdirSync(config.screenshot_dir, { recursive: true });
