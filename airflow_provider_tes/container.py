@@ -129,6 +129,13 @@ def command_executor(
     )
 
 
+def runs_in_wrapper(executor: TesExecutor) -> bool:
+    """Whether a (server's copy of an) executor runs its command in this provider's wrapper,
+    whose own exit status says nothing about the command's."""
+    command = executor.command
+    return len(command) >= 4 and command[1] == "-c" and EXIT_CODE_MARKER in command[2]
+
+
 def exit_code_from_file(text: str | None) -> int | None:
     value = (text or "").strip()
     return int(value) if value.lstrip("-").isdigit() else None

@@ -23,7 +23,7 @@ from airflow_provider_tes.identity import OutputFolder, TaskIdentity, Tenant
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
 from airflow_provider_tes.run_state import RunState
-from airflow_provider_tes.storage import object_store_for, resolve_aws_conn_id
+from airflow_provider_tes.storage import read_text_tail, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
 
 if TYPE_CHECKING:
@@ -278,5 +278,4 @@ class TesTaskManager:
 
     def _read_tail(self, url: str) -> str:
         """The end of an uploaded object (stdout, stderr, exit_code); raises when it cannot be read."""
-        store = object_store_for(url, aws_conn_id=self.aws_conn_id)
-        return store.read_tail(url, TAIL_BYTES).decode("utf-8", "replace")
+        return read_text_tail(url, TAIL_BYTES, aws_conn_id=self.aws_conn_id)

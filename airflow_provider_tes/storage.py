@@ -191,3 +191,9 @@ def object_store_for(url: str, *, aws_conn_id: str | None = None, **options: Any
     if scheme == "s3":
         return factory(aws_conn_id, **options)
     return factory(**options)
+
+
+def read_text_tail(url: str, max_bytes: int, *, aws_conn_id: str | None = None) -> str:
+    """The end of the object at ``url`` as text; raises :class:`TesError` when it cannot be read."""
+    store = object_store_for(url, aws_conn_id=aws_conn_id)
+    return store.read_tail(url, max_bytes).decode("utf-8", "replace")

@@ -21,8 +21,12 @@ def test_sensor_outcomes(test_dags: AirflowEnv) -> None:
         "wait_bad": "failed",
         "wait_bad_soft": "skipped",
         "wait_bad_accepted": "success",
+        "submit_script_bad": "success",
+        "wait_script_bad": "failed",
+        "wait_script_bad_accepted": "success",
     }, proc.stdout[-5000:]
     assert "ended EXECUTOR_ERROR, not one of the success states (COMPLETE)" in proc.stdout + proc.stderr
+    assert "failed in its executor with exit code 4" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("states", [["RUNNING"], ["NOPE"], []])

@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_provider_tes.container import GUEST_STDOUT_PATH, runs_in_wrapper
 from airflow_provider_tes.events import TesTaskEvent
 from airflow_provider_tes.exceptions import TesConfigurationError, TesError, TesTaskFailedError
 from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.identity import OutputFolder
 from airflow_provider_tes.links import TesTaskLink
-from airflow_provider_tes.models import TesState
+from airflow_provider_tes.models import TesState, TesView
+from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
+from airflow_provider_tes.storage import read_text_tail, resolve_aws_conn_id
 from airflow_provider_tes.waiting import TesWaitMixin
 
 if TYPE_CHECKING:
@@ -101,7 +105,42 @@ class TesTaskSensor(TesWaitMixin, BaseSensorOperator):
             return self._fail(err)
         return self._decide(tes_id, state)
 
+    def _command_state(self, tes_id: str, state: TesState) -> TesState:
+        """The state of the command itself.
+
+        A task that this provider submitted runs its command in the exit-code wrapper, which
+        ends COMPLETE whatever the command did: its exit code is read the way the operator reads
+        it, a failed command counts as EXECUTOR_ERROR, and an exit code that cannot be read is
+        an error (never a success).
+        """
+        if state is not TesState.COMPLETE:
+            return state
+        task = self.hook.get_task(tes_id, view=TesView.FULL)
+        if len(task.executors) != 1 or not runs_in_wrapper(task.executors[0]):
+            return state
+        stdout = next((o.url for o in task.outputs or [] if o.path == GUEST_STDOUT_PATH), None)
+        aws_conn_id = resolve_aws_conn_id(None, self.hook.settings.aws_conn_id)
+        try:
+            read_outcome(
+                task,
+                state,
+                wrapped=True,
+                executors=None,
+                folder=OutputFolder.of_output(stdout),
+                read_tail=lambda url: read_text_tail(url, TAIL_BYTES, aws_conn_id=aws_conn_id),
+            )
+        except TesTaskFailedError as err:
+            if err.state == TesState.EXECUTOR_ERROR.value:
+                self.log.info("%s", err)
+                return TesState.EXECUTOR_ERROR
+            raise
+        return state
+
     def _decide(self, tes_id: str, state: TesState) -> str:
+        try:
+            state = self._command_state(tes_id, state)
+        except TesError as err:
+            return str(self._fail(err))
         if state in self.success_states:
             self.log.info("TES task %s ended %s", tes_id, state.value)
             return state.value
