@@ -31,6 +31,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.triggers.tes"]}
         ],
+        "task-decorators": [{"class-name": "airflow_provider_tes.decorators.tes.tes_task", "name": "tes"}],
         "extra-links": [
             "airflow_provider_tes.links.TesTaskLink",
             "airflow_provider_tes.links.TesOutputsLink",
