@@ -57,6 +57,7 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         },
+        "task-decorators": [{"class-name": "airflow_provider_tes.decorators.tes.tes_task", "name": "tes"}],
         "extra-links": [
             "airflow_provider_tes.links.TesTaskLink",
             "airflow_provider_tes.links.TesOutputsLink",

@@ -27,10 +27,12 @@ from airflow_provider_tes.links import TesOutputsLink, TesTaskLink
 from airflow_provider_tes.manager import TesTaskManager
 from airflow_provider_tes.models import TesExecutor, TesState
 from airflow_provider_tes.run_state import RUN_STATE_KEY, RunState
+from airflow_provider_tes.script_file import looks_like_script_file, read_script_file
 from airflow_provider_tes.task_spec import TaskSpec
 from airflow_provider_tes.waiting import TesWaitMixin
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
 #: Extra time given to Airflow's own defer timeout beyond the deadline, so the trigger
@@ -157,6 +159,37 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
             explicit_aws_conn_id=self.aws_conn_id,
             log=self.log,
         )
+
+    # -- templates: a command may name a script file (airflow_provider_tes.script_file) ---------------
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Any,
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        # The one place both a task and a mapped task's unmapped operator are rendered through.
+        # No template_ext is declared, so Airflow itself never takes a string for a file name.
+        if parent is self and "command" in template_fields:
+            self.command = self._script_or_command(self.command, jinja_env)
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+
+    def _script_or_command(self, command: Any, jinja_env: jinja2.Environment) -> Any:
+        """The content of the script file ``command`` names, else ``command`` itself."""
+        found = read_script_file(command, jinja_env)
+        if found is None:
+            if looks_like_script_file(command):
+                self.log.info("command %r names no file in the template search path: run inline", command)
+            return command
+        self.log.info("command read from script file %s", found[1])
+        return found[0]
+
+    def render_command(self, command: Any, context: Context) -> Any:
+        """``command`` as a task's own ``command`` is rendered (for a command known only at run time)."""
+        jinja_env = self.get_template_env()
+        return self.render_template(self._script_or_command(command, jinja_env), context, jinja_env)
 
     def _spec(self) -> TaskSpec:
         """The task as the (rendered) arguments ask for it."""
