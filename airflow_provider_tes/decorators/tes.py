@@ -5,10 +5,11 @@ when the task executes (so it may use its arguments, XComs and the context), and
 returns is the ``command`` of a :class:`~airflow_provider_tes.operators.tes.TesTaskOperator`:
 a script (str) or an argv (list of str). Every operator argument is a decorator argument.
 
-A deferred task resumes in ``execute_complete`` on a fresh operator, rebuilt from the DAG.
-The function is not called again there: the command it returned is kept in XCom
-(``tes_command``, as returned, before templating) and read back, since a resubmission after
-preemption needs it, and so does the result, which is checked against the same arguments.
+A deferred task resumes in ``execute_complete`` on a fresh operator, rebuilt from the DAG,
+and the function is called there again with the same arguments: the result is judged, and a
+resubmission after preemption is built, from the same command. The command is not kept in
+XCom, which the API and UI serve as it is (a script may hold what should not be shown there),
+so the function must return the same command for the same arguments (no side effects).
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_d
 from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 
 from airflow_provider_tes.arguments import argument_error
-from airflow_provider_tes.exceptions import TesError
 from airflow_provider_tes.operators.tes import TesTaskOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: XCom key of the command the function returned (read back when a deferred task resumes).
-COMMAND_XCOM_KEY = "tes_command"
 
 
 class _TesDecoratedOperator(DecoratedOperator, TesTaskOperator):
@@ -71,7 +68,7 @@ class _TesDecoratedOperator(DecoratedOperator, TesTaskOperator):
             **kwargs,
         )
 
-    def execute(self, context: Context) -> Any:
+    def _command(self, context: Context) -> str | list[str]:
         returned = self.python_callable(*self.op_args, **self.determine_kwargs({**context, **self.op_kwargs}))
         name = getattr(self.python_callable, "__name__", "the function")
         if not (
@@ -82,19 +79,15 @@ class _TesDecoratedOperator(DecoratedOperator, TesTaskOperator):
                 "command",
                 f"{name} must return a script (non-empty str) or an argv (list of str), got {returned!r}",
             )
-        context["ti"].xcom_push(key=COMMAND_XCOM_KEY, value=returned)
-        self.command = self.render_command(returned, context)
+        command: str | list[str] = self.render_command(returned, context)
+        return command
+
+    def execute(self, context: Context) -> Any:
+        self.command = self._command(context)
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        ti = context["ti"]
-        returned = ti.xcom_pull(task_ids=ti.task_id, key=COMMAND_XCOM_KEY, map_indexes=ti.map_index)
-        if not returned:
-            raise TesError(
-                f"the command {self.custom_operator_name} task {ti.task_id} submitted is missing from XCom "
-                f"{COMMAND_XCOM_KEY!r}; it cannot be finished or resubmitted"
-            )
-        self.command = self.render_command(returned, context)
+        self.command = self._command(context)
         return super().execute_complete(context, event)
 
 
