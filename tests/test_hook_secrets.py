@@ -183,9 +183,11 @@ async def test_a_reload_picks_up_a_rotated_token(monkeypatch: pytest.MonkeyPatch
         await hook.a_get_task("t1")
     assert "new-token" not in str(info.value) and "old-token" not in str(info.value)
     await hook.a_reload()
-    assert old_client.is_closed
+    assert await hook.a_get_conn() is not old_client
+    assert not old_client.is_closed, "requests still in flight on the old client may finish"
     assert (await hook.a_get_task("t1")).id == "t1"
     await hook.aclose()
+    assert old_client.is_closed, "the retired client is closed with the hook"
 
 
 def test_reload_of_a_broken_connection_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,7 +39,10 @@ def proxied(test_dags: AirflowEnv, funnel: Any, s3_bucket: str) -> Iterator[tupl
 
 
 def _preemptible_flags(proxy: TesProxy) -> list[bool]:
-    return [bool((body.get("resources") or {}).get("preemptible")) for _, body in proxy.created]
+    """``preemptible`` of every submitted attempt, each stated explicitly (TES has no default)."""
+    flags = [(body.get("resources") or {}).get("preemptible") for _, body in proxy.created]
+    assert all(isinstance(flag, bool) for flag in flags), f"an attempt left preemptible unstated: {flags}"
+    return [bool(flag) for flag in flags]
 
 
 @pytest.mark.parametrize("times", [1, 2])
