@@ -22,6 +22,7 @@ from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreempted
 from airflow_provider_tes.identity import OutputFolder, TaskIdentity, Tenant
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
+from airflow_provider_tes.redaction import system_logs
 from airflow_provider_tes.run_state import RunState
 from airflow_provider_tes.storage import read_text_tail, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
@@ -241,6 +242,7 @@ class TesTaskManager:
                 folder=run_state.output_folder,
                 read_tail=self._read_tail,
                 shell=self.spec.shell,
+                known_env=self._env_values(plan),
             )
         except TesTaskFailedError:
             self._log_system_logs(task)
@@ -253,9 +255,15 @@ class TesTaskManager:
         return self._result(run_state, task, state, outcome.exit_code)
 
     def _log_system_logs(self, task: TesTask) -> None:
-        log = task.last_log
-        if log and log.system_logs:
-            self.log.info("TES system logs:\n%s", "\n".join(log.system_logs))
+        lines = system_logs(task, self._env_values(self.plan()))
+        if lines:
+            self.log.info("TES system logs:\n%s", "\n".join(lines))
+
+    @staticmethod
+    def _env_values(plan: TaskPlan) -> list[str]:
+        """What the task's env holds: never shown, wherever a server quotes it."""
+        envs = [plan.env or {}, *(e.env or {} for e in plan.executors)]
+        return [value for env in envs for value in env.values()]
 
     @staticmethod
     def _result(run_state: RunState, task: TesTask, state: TesState, exit_code: int | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from airflow_provider_tes.container import EXIT_CODE_MARKER, exit_code_from_file
 from airflow_provider_tes.exceptions import TesError, TesTaskFailedError
 from airflow_provider_tes.identity import OutputFolder
 from airflow_provider_tes.models import TesExecutor, TesExecutorLog, TesState, TesTask
+from airflow_provider_tes.redaction import system_logs as redacted_system_logs
 
 #: How much of an executor's stderr/stdout goes into the task log and error messages.
 TAIL_BYTES = 4096
@@ -53,12 +54,13 @@ def read_outcome(
     folder: OutputFolder | None,
     read_tail: TailReader,
     shell: str | None = None,
+    known_env: Sequence[str] = (),
 ) -> Outcome:
     """Judge a task that ended ``state`` (not PREEMPTED); raises :class:`TesTaskFailedError`
     unless the command is known to have succeeded."""
     log = task.last_log
     executor_logs = list(log.logs) if log else []
-    system_logs = "\n".join(log.system_logs or []) if log else ""
+    system_logs = "\n".join(redacted_system_logs(task, known_env))
     where = f"TES task {task.id} ({task.name or ''})"
     if state is TesState.SYSTEM_ERROR:
         raise _failed(

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from airflow_provider_tes.models import TesTask
 
 
 def mask(secret: str) -> None:
@@ -71,3 +76,20 @@ class Scrubber:
             if needle in text:
                 text = text.replace(needle, "***")
         return text
+
+
+def system_logs(task: TesTask, known_env: Iterable[str] = ()) -> list[str]:
+    """The server's system logs of the task's last attempt, every executor ``env`` value replaced.
+
+    Servers quote the container command there, env included (Funnel: ``--env-enc KEY=value``),
+    and the Airflow masker knows none of those values (nor does the scheduler's copy of task
+    logs under LocalExecutor mask anything). ``known_env``: values the caller sent, for a server
+    whose FULL view leaves the executors' env out.
+    """
+    log = task.last_log
+    if log is None or not log.system_logs:
+        return []
+    scrub = Scrubber()
+    for value in [*known_env, *(v for e in task.executors for v in (e.env or {}).values())]:
+        scrub.add(value)
+    return [scrub(line) for line in log.system_logs]

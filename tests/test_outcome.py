@@ -133,3 +133,26 @@ def test_multi_executor_without_logs_is_decided_by_the_state() -> None:
     assert judge(task(with_log=False), executors=EXECUTORS).exit_code is None
     with pytest.raises(TesTaskFailedError, match="no executor logs"):
         judge(task(with_log=False), state="EXECUTOR_ERROR", executors=EXECUTORS)
+
+
+def test_system_logs_never_show_env_values() -> None:
+    """Funnel quotes the container command, env included, in the system logs."""
+    secret = "sk-live-" + "0123456789abcdef" * 2
+    t = TesTask.from_response(
+        {
+            "id": "t1",
+            "executors": [{"image": "a", "command": ["b"], "env": {"API_KEY": secret}}],
+            "logs": [
+                {"logs": [], "system_logs": [f"Running command: docker run --env-enc API_KEY={secret} a b"]}
+            ],
+        }
+    )
+    with pytest.raises(TesTaskFailedError) as info:
+        judge(t, state="SYSTEM_ERROR")
+    assert secret not in str(info.value)
+    assert "API_KEY=***" in str(info.value)
+    # a value the caller sent, on a server whose FULL view leaves env out
+    bare = TesTask.from_response({"id": "t1", "logs": [{"system_logs": [f"env {secret}"]}]})
+    with pytest.raises(TesTaskFailedError) as info:
+        judge(bare, state="SYSTEM_ERROR", known_env=[secret])
+    assert secret not in str(info.value)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_tes.container import EXIT_CODE_MARKER
 from airflow_provider_tes.exceptions import TesError
 from airflow_provider_tes.models import TesState, TesTask, TesView
+from airflow_provider_tes.redaction import system_logs
 
 if TYPE_CHECKING:
     from airflow_provider_tes.hooks.tes import TesHook
@@ -55,9 +56,10 @@ class LogFollower:
         log = task.last_log
         executor = log.logs[-1] if log and log.logs else None
         out: list[str] = []
-        if log and log.system_logs and len(log.system_logs) > self.system_logs_shown:
-            out += [f"system | {entry}" for entry in log.system_logs[self.system_logs_shown :]]
-            self.system_logs_shown = len(log.system_logs)
+        lines = system_logs(task)
+        if len(lines) > self.system_logs_shown:
+            out += [f"system | {entry}" for entry in lines[self.system_logs_shown :]]
+            self.system_logs_shown = len(lines)
         for name in STREAMS:
             text = getattr(executor, name, None) if executor else None
             if text is not None:

@@ -20,6 +20,7 @@ from airflow_provider_tes.exceptions import (
 )
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState, TesView
+from airflow_provider_tes.redaction import system_logs as redacted_system_logs
 from airflow_provider_tes.triggers.polling import SharedStatusPoller, StatusUpdate, borrowed_hook
 from airflow_provider_tes.triggers.progress import LiveLog, StartupClock
 
@@ -232,8 +233,7 @@ class TesTaskTrigger(BaseTrigger):
                 f"{where}, past startup_timeout ({self.startup_timeout:g}s); canceling it failed: {err!r}"
             )
         else:
-            log = task.last_log
-            system_logs = "\n".join(log.system_logs or []) if log else ""
+            system_logs = "\n".join(redacted_system_logs(task))
             message += (
                 f"; the server's system logs: {system_logs}" if system_logs else "; the server gave no reason"
             )
