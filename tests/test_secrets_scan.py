@@ -19,7 +19,9 @@ The credentials, all random per run:
 * a token the gateway never accepts, a server that answers only 503, a TES task that does not
   exist (exceptions in the worker), an OAuth2 client secret that is wrong, a token with a control
   character (exceptions in process);
-* an executor env value shaped like a secret (``sk-live-`` + 32 hex), from an Airflow Variable.
+* two executor env values shaped like secrets (``sk-live-`` + 32 hex): one from an Airflow
+  Variable (so Airflow's masker knows it), one from a connection extra that no masker knows --
+  whatever hides that one, it is not Airflow's masking.
 
 The places searched:
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import re
 import shutil
 import sqlite3
 import threading
@@ -388,6 +391,7 @@ def box(
     Funnel, the connections, and a running Airflow that reads them."""
     client_secret = "cs-" + uuid.uuid4().hex + "+/="
     env_value = "sk-live-" + uuid.uuid4().hex
+    unmasked_env_value = "sk-live-" + uuid.uuid4().hex
     with ExitStack() as stack:
         idp = stack.enter_context(
             RecordingOidcProvider(
@@ -430,6 +434,7 @@ def box(
             ),
             "tes_sec_down": _tes(down.base_url, outputs, **second, extra={"retries": 1}),
             "aws_default": aws_connection(moto_server.endpoint_url),
+            "tes_sec_app": json.dumps({"conn_type": "generic", "extra": {"opaque": unmasked_env_value}}),
         }
         fernet_key = Fernet.generate_key().decode()
         env = AirflowEnv(
@@ -463,7 +468,8 @@ def box(
                 ),
                 "password": Secret("password with / @ :", funnel.second_password, login=funnel.second_user),
                 "admin": Secret("Funnel admin password", funnel.password, login=funnel.user),
-                "env": Secret("executor env value", env_value),
+                "env": Secret("executor env value (a Variable, masked by Airflow)", env_value),
+                "unmasked env": Secret("executor env value (known to no masker)", unmasked_env_value),
             },
             fernet=MultiFernet([Fernet(fernet_key.encode())]),
         )
@@ -496,32 +502,23 @@ def _wait(
     raise AssertionError(f"timed out waiting for {what}: {states}\n{box.services.logs(tail=4000)}")
 
 
-def _wait_deferral_reported(box: Box, run_id: str, task_ids: tuple[str, ...], timeout: float = 120) -> None:
-    """Wait until the executor reported the end of these tasks' deferring runs: Airflow 3.3 fails a
-    task instance whose trigger fired before that report came (the report then contradicts the
-    resumed run)."""
-    rows = read_db(
-        box.env.db_path,
-        "SELECT task_id, id FROM task_instance WHERE dag_id = ? AND run_id = ?",
-        DAG_ID,
-        run_id,
-    )
-    ti_ids = {str(uuid.UUID(str(ti_id))) for task_id, ti_id in rows if task_id in task_ids}
-    assert len(ti_ids) == len(task_ids), rows
+def _wait_deferral_processed(box: Box, run_id: str, task_ids: tuple[str, ...], timeout: float = 120) -> None:
+    """Wait until the scheduler processed the executor's report that these tasks' deferring runs
+    ended. Airflow 3.3 fails a task instance whose trigger fired before that (the late report of
+    the first run contradicts the resumed one), so a watched task must not end earlier."""
+    wanted = {
+        f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{DAG_ID}', "
+        f"task_id='{task_id}', run_id='{run_id}'"
+        for task_id in task_ids
+    }
     log = box.services.log_dir / "scheduler.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        reported = {
-            ti_id
-            for line in log.read_text(errors="replace").splitlines()
-            if "final_state=deferred" in line
-            for ti_id in ti_ids
-            if f"workload_id={ti_id}" in line
-        }
-        if reported == ti_ids:
+        text = log.read_text(errors="replace")
+        if all(line in text for line in wanted):
             return
         time.sleep(0.5)
-    raise AssertionError(f"the executor never reported the deferral of {task_ids}")
+    raise AssertionError(f"the scheduler never processed the deferral of {task_ids}")
 
 
 def _run_the_dag(box: Box, sampler: DbSampler, admin: TesHook) -> str:
@@ -549,6 +546,7 @@ def _run_the_dag(box: Box, sampler: DbSampler, admin: TesHook) -> str:
         _wait(
             box, run_id, "the sensors to defer", lambda s: all(s.get(t) == "deferred" for t in SENSORS), 240
         )
+        _wait_deferral_processed(box, run_id, SENSORS)
         admin.cancel_task(watched)
         _wait(
             box,
@@ -727,14 +725,32 @@ def run(box: Box) -> Run:
     )
 
 
-def _masked_context(data: bytes, needle: bytes, secrets_: list[Secret]) -> str:
-    """Text around the first ``needle`` in ``data``, every secret in it replaced: safe to print."""
+#: Bytes a token, password or encoded form is made of: a leak is masked up to its ends ('=' only
+#: ends one, so "KEY=" before a leak stays readable).
+_SECRETISH = re.compile(rb"[A-Za-z0-9._~+/=%:@-]+")
+_SECRETISH_START = re.compile(rb"[A-Za-z0-9._~+/%:@-]+")
+
+
+def _masked_context(data: bytes, needle: bytes, name: str, secrets_: list[Secret]) -> str:
+    """Text around the first ``needle`` in ``data`` with the leak and every other secret in it
+    masked: safe to print.
+
+    The leak is masked as far as the secret-like run around it goes (a fragment's whole token),
+    and other secrets are masked in a wide slice before the context is cut from it, so none cut
+    in half at the context's edge survives in part.
+    """
     at = data.index(needle)
-    text = data[max(0, at - 120) : at + len(needle) + 60]
+    runs = _SECRETISH_START.finditer(data, max(0, at - 4000))
+    start = min(at, next((m.start() for m in runs if m.end() > at), at))
+    end = _SECRETISH.match(data, at + len(needle) - 1)
+    stop = end.end() if end else at + len(needle)
+    wide = data[max(0, start - 4000) : start] + b"\x00" + data[stop : stop + 4000]
     for secret in secrets_:
         for form in sorted(needles(secret).values(), key=len, reverse=True):
-            text = text.replace(form, b"<" + secret.name.encode() + b">")
-    return text.decode("utf-8", "replace")
+            wide = wide.replace(form, b"<" + secret.name.encode() + b">")
+    at = wide.index(b"\x00")
+    context = wide[max(0, at - 160) : at + 160].replace(b"\x00", b"<" + name.encode() + b">", 1)
+    return context.decode("utf-8", "replace")
 
 
 # -- the tests ---------------------------------------------------------------------------------------
@@ -781,6 +797,8 @@ def test_every_path_ran(run: Run, box: Box) -> None:
 
 
 def test_no_secret_in_any_place(run: Run, box: Box) -> None:
+    """Zero hits: no form of any secret in any place. A hit is reported with its place and masked
+    context (never the secret itself)."""
     secrets_ = box.all_secrets()
     leaks = find_leaks(secrets_, run.places)
     print(
@@ -795,7 +813,7 @@ def test_no_secret_in_any_place(run: Run, box: Box) -> None:
         report.setdefault((leak.secret, leak.where), []).append(leak)
     lines = [
         f"{first} (also: {', '.join(leak.what for leak in rest) or 'no other form'}):\n"
-        f"    ...{_masked_context(run.places[first.where], first.needle, secrets_)}..."
+        f"    ...{_masked_context(run.places[first.where], first.needle, first.secret, secrets_)}..."
         for first, *rest in report.values()
     ]
     assert not lines, "\n".join(lines)

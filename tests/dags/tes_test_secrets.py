@@ -13,12 +13,14 @@ one kind of credential, and each task below waits through one of them:
 * ``tes_sec_wrong``: a token the gateway never accepts; ``tes_sec_down``: a server that answers
   only 503.
 
-Nothing secret is written here: the executor env value comes from the Variable
-``tes_sec_service_api_key`` and the watched TES task id from ``dag_run.conf``, so neither the DAG's
+Nothing secret is written here: the executor env values come from the Variable
+``tes_sec_service_api_key`` (which Airflow's masker then knows) and from an extra of the generic
+connection ``tes_sec_app`` (which no masker knows; only the env key's name makes Airflow hide it in
+the rendered-template view), and the watched TES task id from ``dag_run.conf``: neither the DAG's
 source nor its serialized form in the metadata DB holds a secret. The command checks that the
-value arrived (40 characters) without printing it, then sleeps long enough for the executor to
-report the deferring run's end before the trigger fires (Airflow 3.3 fails a task instance whose
-deferring workload is reported finished after its resumed run started).
+values arrived (40 characters each) without printing them, then sleeps long enough for the scheduler to
+process the end of the deferring run before the trigger fires (Airflow 3.3 fails a task instance
+whose first run's end is processed after its resumed run started).
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ from airflow.sdk import DAG
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.sensors.tes import TesTaskSensor
 
-ENV = {"SERVICE_API_KEY": "{{ var.value.tes_sec_service_api_key }}"}
-USES_ENV = 'test "$(printf %s "$SERVICE_API_KEY" | wc -c)" -eq 40 && sleep 15'
+ENV = {
+    # registered with Airflow's masker (every Variable value is)
+    "SERVICE_API_KEY": "{{ var.value.tes_sec_service_api_key }}",
+    # known to no masker: an extra key of a generic connection that Airflow does not find sensitive
+    "BACKUP_API_KEY": "{{ conn.tes_sec_app.extra_dejson.opaque }}",
+}
+USES_ENV = 'test "$(printf %s "$SERVICE_API_KEY$BACKUP_API_KEY" | wc -c)" -eq 80 && sleep 15'
 
 with DAG(
     dag_id="tes_test_secrets",
