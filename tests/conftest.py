@@ -110,6 +110,8 @@ def funnel(
     )
     SESSION_SECRETS.add(server.password)
     SESSION_SECRETS.add(base64.b64encode(f"{server.user}:{server.password}".encode()).decode())
+    SESSION_SECRETS.add(server.second_password)
+    SESSION_SECRETS.add(base64.b64encode(f"{server.second_user}:{server.second_password}".encode()).decode())
     server.start()
     try:
         yield server

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +53,17 @@ DOCKER_SHIM = SCRIPTS_DIR / "docker-shim"
 FUNNEL_VERSION = os.environ.get("FUNNEL_VERSION", "v0.12.2")
 
 LOOPBACK = "127.0.0.1"
+
+#: Funnel's second basic-auth user (not an admin; ``TaskAccess`` is ``All``). Its password holds
+#: '/', '@' and ':', the characters that break naive URL and ``user:password`` handling, so the
+#: secrets scan can follow a password that a careless quote or split would mangle or expose.
+SECOND_USER = "tes-second"
+
+
+def awkward_password() -> str:
+    """A random password containing '/', '@' and ':' among random text."""
+    part = secrets.token_urlsafe
+    return f"{part(6)}/{part(6)}@{part(6)}:{part(6)}"
 
 
 def free_port() -> int:
@@ -228,6 +240,8 @@ class FunnelServer:
 
     ``compute="local"`` runs tasks through the docker shim; ``compute="noop"``
     (Funnel's do-nothing backend) accepts tasks and leaves them QUEUED forever.
+    Besides the admin ``user``/``password`` there is always ``second_user`` with
+    ``second_password`` (random, with '/', '@' and ':' in it, unless given).
     """
 
     def __init__(
@@ -249,6 +263,7 @@ class FunnelServer:
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         oidc: dict[str, Any] | None = None,
+        second_password: str | None = None,
     ) -> None:
         if compute not in ("local", "noop"):
             raise ValueError(f"unsupported compute backend {compute!r} (local or noop)")
@@ -257,6 +272,8 @@ class FunnelServer:
         self.s3_endpoint = s3_endpoint
         self.user = user
         self.password = password
+        self.second_user = SECOND_USER
+        self.second_password = second_password or awkward_password()
         self.compute = compute
         self.s3_key, self.s3_secret, self.s3_region = s3_key, s3_secret, s3_region
         self.extra_users = list(extra_users or [])
@@ -288,7 +305,11 @@ class FunnelServer:
     # -- config -----------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The complete Funnel v0.12.2 config (no built-in defaults get merged)."""
-        users = [{"User": self.user, "Password": self.password, "Admin": True}, *self.extra_users]
+        users = [
+            {"User": self.user, "Password": self.password, "Admin": True},
+            {"User": self.second_user, "Password": self.second_password},
+            *self.extra_users,
+        ]
         generic_s3: list[dict[str, Any]] = []
         if self.s3_endpoint:
             generic_s3.append(
@@ -467,7 +488,8 @@ class FunnelServer:
         if self.config_path.exists():
             text = self.config_path.read_text()
             oidc_secret = (self.oidc or {}).get("ClientSecret", "")
-            for secret in {self.password, oidc_secret, *(u.get("Password", "") for u in self.extra_users)}:
+            passwords = {self.password, self.second_password, oidc_secret}
+            for secret in passwords | {u.get("Password", "") for u in self.extra_users}:
                 if secret:
                     text = text.replace(secret, "***")
             (dest / self.config_path.name).write_text(text)
