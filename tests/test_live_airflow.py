@@ -93,6 +93,13 @@ def test_mark_failed_while_deferred_cancels_the_tes_task(live: AirflowServices, 
     live.wait_for_ti(DAG_ID, run_id, TASK_ID, {"deferred"}, timeout=240)
     tes_id = _tes_id(live, run_id)
     _wait_state(tes, tes_id, {TesState.RUNNING})
+    # Only a trigger the triggerer runs can be told of the user's action: Airflow deletes a
+    # trigger that no triggerer has picked up yet without calling anything. Wait until ours
+    # logs the state it saw (in the task log, through the API).
+    deadline = time.monotonic() + 120
+    while f"TES task {tes_id} is RUNNING" not in _task_log(live, DAG_ID, run_id, TASK_ID):
+        assert time.monotonic() < deadline, "the triggerer never ran the trigger"
+        time.sleep(1)
     live.set_ti_state(DAG_ID, run_id, TASK_ID, "failed")
     assert _wait_state(tes, tes_id, {TesState.CANCELED}, timeout=120) is TesState.CANCELED
     assert _tasks_of_run(tes, run_id) == [tes_id]
