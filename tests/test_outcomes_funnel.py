@@ -13,7 +13,6 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.airflow_env import aws_connection, tes_connection
+from tests.support.inprocess import task_context
 from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
@@ -33,16 +33,7 @@ PERSONALITIES = [None, "minimal", "tesk", "azure", "tag_blind", "list_forbidden"
 
 
 def context(task_id: str) -> Any:
-    ti = SimpleNamespace(
-        dag_id="tes_outcomes",
-        task_id=task_id,
-        run_id=f"outcomes-{uuid.uuid4().hex[:8]}",
-        map_index=-1,
-        try_number=1,
-        xcom_push=lambda **kw: None,
-        xcom_pull=lambda *a, **kw: None,
-    )
-    return {"ti": ti}
+    return task_context("tes_outcomes", task_id)
 
 
 @pytest.fixture

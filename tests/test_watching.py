@@ -12,7 +12,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.airflow_env import aws_connection, tes_connection
+from tests.support.inprocess import task_context
 from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
@@ -73,16 +73,7 @@ async def test_live_lines_appear_while_running_each_once(conns: str) -> None:
 
 
 def _context(task_id: str) -> Any:
-    ti = SimpleNamespace(
-        dag_id="tes_watch",
-        task_id=task_id,
-        run_id=f"watch-{uuid.uuid4().hex[:8]}",
-        map_index=-1,
-        try_number=1,
-        xcom_push=lambda **kw: None,
-        xcom_pull=lambda *a, **kw: None,
-    )
-    return {"ti": ti}
+    return task_context("tes_watch", task_id)
 
 
 def test_task_held_queued_past_startup_timeout_is_canceled(
