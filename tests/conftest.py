@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,14 +111,8 @@ def funnel(
     SESSION_SECRETS.add(base64.b64encode(f"{server.user}:{server.password}".encode()).decode())
     SESSION_SECRETS.add(server.second_password)
     SESSION_SECRETS.add(base64.b64encode(f"{server.second_user}:{server.second_password}".encode()).decode())
-    server.start()
-    try:
+    with server.serving(request, "funnel"):
         yield server
-    finally:
-        server.stop()
-        if request.session.testsfailed:
-            dest = server.copy_logs(ARTIFACTS_DIR / time.strftime("funnel-%Y%m%d-%H%M%S"))
-            print(f"\n[stack] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
 
 
 @pytest.fixture

@@ -534,16 +534,8 @@ def oauth_funnel(
     server = FunnelServer(
         funnel_binary, tmp_path_factory.mktemp("funnel-oauth2"), None, "admin", secrets.token_urlsafe(18)
     )
-    server.start()
-    try:
+    with server.serving(request, "funnel-oauth2"):
         yield server
-    finally:
-        server.stop()
-        if request.session.testsfailed:
-            dest = server.copy_logs(
-                Path(__file__).parent / "artifacts" / time.strftime("funnel-oauth2-%Y%m%d-%H%M%S")
-            )
-            print(f"\n[test_auth] tests failed; Funnel logs copied to {dest}", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from airflow_provider_tes.models import (
     TesState,
     TesTask,
 )
+from tests.support.spec import EXAMPLE_SERVICE_INFO
 
 CONN_ID = "tes_malformed"
 PASSWORD = "malformed-test-password"
@@ -94,9 +95,8 @@ VALID_TASK: dict[str, Any] = {
 }
 
 VALID_SERVICE_INFO: dict[str, Any] = {
-    "id": "org.example.tes",
+    **EXAMPLE_SERVICE_INFO,
     "name": "TES",
-    "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
     "organization": {"name": "o", "url": "https://o"},
     "version": "1.0",
     "storage": ["s3://b"],

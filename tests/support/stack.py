@@ -30,6 +30,7 @@ Facts about Funnel v0.12.2 that shape the config written here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -41,6 +42,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -494,6 +496,22 @@ class FunnelServer:
                     text = text.replace(secret, "***")
             (dest / self.config_path.name).write_text(text)
         return dest
+
+    @contextlib.contextmanager
+    def serving(self, request: Any, name: str) -> Iterator[FunnelServer]:
+        """Run for a fixture's scope; when any test of the session failed, keep the logs under
+        ``tests/artifacts/<name>-<timestamp>/``."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            if request.session.testsfailed:
+                artifacts = REPO_ROOT / "tests" / "artifacts" / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+                print(
+                    f"\n[stack] tests failed; Funnel logs copied to {self.copy_logs(artifacts)}",
+                    file=sys.stderr,
+                )
 
     def __enter__(self) -> FunnelServer:
         return self.start()
