@@ -6,9 +6,10 @@ Two models, because an Airflow connection has two layers:
   key, its type, default and help text, declared once. The connection form in Airflow's UI
   (``conn-fields`` in the provider info) is generated from it by :func:`connection_form_fields`,
   so the form and the parser cannot disagree.
-* :class:`TesConnection` is what the rest of the provider uses: the base URL resolved, the auth
-  type decided, the credential picked, every number checked. It is frozen; a changed connection
-  is read again (see :meth:`~airflow_provider_tes.hooks.tes.TesHook.reload`), never patched.
+* :class:`TesConnection` is what the rest of the provider uses: the extras (it extends that
+  model, so a new extra is added in one place), plus the base URL resolved, the auth type
+  decided and the credential picked. It is frozen; a changed connection is read again (see
+  :meth:`~airflow_provider_tes.hooks.tes.TesHook.reload`), never patched.
 
 Airflow's providers manager imports this module (through ``get_provider_info``) while Airflow
 itself is still initialising, so nothing here imports ``airflow`` at module level: the error
@@ -112,11 +113,17 @@ def _seconds_or_off(value: Any) -> float | None:
 SecondsOrOff = Annotated[float | None, BeforeValidator(_seconds_or_off)]
 
 
-def _roots(value: Any) -> str | None:
-    """A list of directories, given in the JSON extra as a list or as one comma-separated string."""
+def _roots(value: Any) -> tuple[str, ...] | None:
+    """Directories, given in the JSON extra as a list or as one comma-separated string."""
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return _text(value)
+        value = ",".join(str(v) for v in value)
+    elif (value := _text(value)) is None:
+        return None
+    return tuple(root.strip() for root in value.split(",") if root.strip())
+
+
+#: The form takes one comma-separated string; a JSON list is accepted too.
+Roots = Annotated[tuple[str, ...] | None, BeforeValidator(_roots, json_schema_input_type=str | None)]
 
 
 class TesConnectionExtras(BaseModel):
@@ -201,7 +208,7 @@ class TesConnectionExtras(BaseModel):
     aws_conn_id: Text = Field(
         None, title="AWS connection id", description="Airflow AWS connection used to stage inputs."
     )
-    allowed_local_roots: Annotated[str | None, BeforeValidator(_roots)] = Field(
+    allowed_local_roots: Roots = Field(
         None,
         title="Allowed local roots",
         description="Comma-separated worker directories that local inputs may come from; any other "
@@ -261,38 +268,24 @@ def _error(message: str) -> TesConfigurationError:
 # -- the connection -------------------------------------------------------------------------------------
 
 
-class TesConnection(BaseModel):
+class TesConnection(TesConnectionExtras):
     """Everything the provider needs from an Airflow connection, validated once.
 
-    ``host`` is the TES base URL. A host without scheme means https (``protocol`` extra
-    overrides, for the URI form of a connection), a URL without path means
-    ``/ga4gh/tes/v1``; in the URI form the path arrives as ``schema``. ``secret`` is the
-    password, token or client secret the auth type uses; it is never in the repr.
+    The extras are inherited, so each setting is declared once; on top come the connection's own
+    fields, resolved. ``host`` is the TES base URL. A host without scheme means https (``protocol``
+    extra overrides, for the URI form of a connection), a URL without path means
+    ``/ga4gh/tes/v1``; in the URI form the path arrives as ``schema``. ``auth_type`` is decided
+    (never ``auto``) and ``secret`` is the password, token or client secret it uses; it is never in
+    the repr.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     conn_id: str
     base_url: str
     auth_type: AuthType
     login: str | None = None
     secret: str | None = Field(default=None, repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    max_pages: int = DEFAULT_MAX_PAGES
-    verify: bool | str = True
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    log_interval: float | None = DEFAULT_LOG_INTERVAL
-    inputs_url: str | None = None
-    outputs_url: str | None = None
-    aws_conn_id: str | None = None
-    allowed_local_roots: tuple[str, ...] | None = None
-    task_link_template: str | None = None
-    tenant_secret: str | None = Field(default=None, repr=False)
-    token_url: str | None = None
-    scope: str | None = None
 
     @classmethod
     def from_airflow(cls, conn: Any) -> Self:
@@ -334,31 +327,16 @@ class TesConnection(BaseModel):
         for value in (secret, tenant_secret):
             if value:
                 mask(value)
-        return cls(
-            conn_id=conn_id,
-            base_url=base_url,
-            auth_type=auth_type,
-            login=login if auth_type in ("basic", "oauth2") else None,
-            secret=secret,
-            timeout=extras.timeout,
-            retries=extras.retries,
-            max_concurrency=extras.max_concurrency,
-            max_response_bytes=extras.max_response_bytes,
-            max_pages=extras.max_pages,
-            verify=extras.ca_bundle or extras.verify,
-            poll_interval=extras.poll_interval,
-            log_interval=extras.log_interval,
-            inputs_url=extras.inputs_url,
-            outputs_url=extras.outputs_url,
-            aws_conn_id=extras.aws_conn_id,
-            allowed_local_roots=None
-            if extras.allowed_local_roots is None
-            else tuple(r.strip() for r in extras.allowed_local_roots.split(",") if r.strip()),
-            task_link_template=extras.task_link_template,
-            tenant_secret=tenant_secret,
-            token_url=extras.token_url,
-            scope=extras.scope,
-        )
+        resolved = {
+            "conn_id": conn_id,
+            "base_url": base_url,
+            "auth_type": auth_type,
+            "login": login if auth_type in ("basic", "oauth2") else None,
+            "secret": secret,
+            "token": token,
+            "tenant_secret": tenant_secret,
+        }
+        return cls.model_validate({**dict(extras), **resolved})
 
     def tls_verify(self) -> bool | str:
         """What httpx should verify; nothing when no URL the client talks to is https.
@@ -369,7 +347,7 @@ class TesConnection(BaseModel):
         urls = [self.base_url, self.token_url if self.auth_type == "oauth2" else None]
         if not any(url and url.lower().startswith("https:") for url in urls):
             return False
-        return self.verify
+        return self.ca_bundle or self.verify
 
     def httpx_auth(self, on_token: Callable[[str], None] | None = None) -> httpx.Auth | None:
         """The httpx auth of this connection's credential (``None`` for auth type none).

@@ -78,7 +78,8 @@ def test_every_extra_the_parser_reads_is_in_the_form_with_its_default() -> None:
     assert set(form) == set(model)
     for key, field in model.items():
         assert form[key]["schema"].get("default") == field.default, key
-        assert form[key]["label"] == field.title and form[key]["description"] == field.description
+        assert form[key]["label"] == field.title
+        assert field.description and form[key]["description"].split() == field.description.split(), key
     # the parser reads the extras only through the model: feed it every form key (and one
     # unknown one) and see which it touched
     extra = RecordingExtra({key: field["schema"].get("default", "x") for key, field in form.items()})
@@ -96,6 +97,7 @@ def test_form_types_enum_and_secret() -> None:
     assert form["verify"]["schema"] == {"type": ["boolean", "null"], "default": True}
     assert form["auth_type"]["schema"]["enum"] == ["auto", "none", "basic", "bearer", "oauth2"]
     assert form["token"]["schema"]["format"] == "password"
+    assert form["allowed_local_roots"]["schema"] == {"type": ["string", "null"]}
     secret_fields = [key for key, f in form.items() if f["schema"].get("format") == "password"]
     assert secret_fields == ["token", "tenant_secret"]
 
@@ -147,7 +149,15 @@ def test_frozen_and_secret_not_in_repr() -> None:
     [({"verify": "false"}, False), ({"verify": "yes"}, True), ({"ca_bundle": "/ca.pem"}, "/ca.pem")],
 )
 def test_verify(extra: dict[str, Any], expected: bool | str) -> None:
-    assert TesConnection.from_airflow(_conn(extra)).verify == expected
+    assert TesConnection.from_airflow(_conn(extra)).tls_verify() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("/srv, /data,", ("/srv", "/data")), (["/srv", " /data"], ("/srv", "/data")), ("", None), ([], ())],
+)
+def test_allowed_local_roots_from_a_string_or_a_list(value: Any, expected: tuple[str, ...] | None) -> None:
+    assert TesConnection.from_airflow(_conn({"allowed_local_roots": value})).allowed_local_roots == expected
 
 
 # -- credentials as pasted ------------------------------------------------------------------------
