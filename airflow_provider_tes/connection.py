@@ -122,6 +122,8 @@ def _roots(value: Any) -> tuple[str, ...] | None:
     return tuple(root.strip() for root in value.split(",") if root.strip())
 
 
+#: Blank means unset; the form masks it, the repr leaves it out.
+Secret = Annotated[Text, Field(repr=False, json_schema_extra={"format": "password"})]
 #: The form takes one comma-separated string; a JSON list is accepted too.
 Roots = Annotated[tuple[str, ...] | None, BeforeValidator(_roots, json_schema_input_type=str | None)]
 
@@ -129,105 +131,60 @@ Roots = Annotated[tuple[str, ...] | None, BeforeValidator(_roots, json_schema_in
 class TesConnectionExtras(BaseModel):
     """Every key of the connection's extra JSON that the provider reads, with its form metadata.
 
-    ``title`` is the form label and ``description`` its help text; the JSON schema of this model
-    becomes the connection form. Unknown keys are ignored (Airflow's UI adds its own).
+    ``title`` is the form label and the attribute's docstring its help text; the JSON schema of
+    this model becomes the connection form. Unknown keys are ignored (Airflow's UI adds its own).
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
     auth_type: Annotated[
         Literal["auto", "none", "basic", "bearer", "oauth2"], BeforeValidator(_auth_type)
-    ] = Field(
-        "auto",
-        title="Auth type",
-        description="none, basic (login/password), bearer (token below, or the password field) or "
-        "oauth2 (client credentials: client id as login, secret as password, token URL below). "
-        "auto: basic when a login is set, bearer when only a token is.",
-    )
-    token: Text = Field(
-        None,
-        title="Bearer token",
-        description="Static bearer token (kept secret).",
-        repr=False,
-        json_schema_extra={"format": "password"},
-    )
-    token_url: Text = Field(
-        None,
-        title="OAuth2 token URL",
-        description="Client-credentials token endpoint (auth type oauth2); "
-        "tokens are renewed before they expire.",
-    )
-    scope: Text = Field(None, title="OAuth2 scope", description="Scope requested with oauth2 (optional).")
-    verify: Flag = Field(True, title="Verify TLS", description="Verify the server's TLS certificate.")
-    ca_bundle: Text = Field(
-        None, title="CA bundle path", description="PEM file of CAs to trust for the TES URL."
-    )
-    protocol: Text = Field(
-        None,
-        title="Protocol",
-        description="http or https, for a host given without scheme (default https).",
-    )
-    timeout: Seconds = Field(
-        DEFAULT_TIMEOUT,
-        title="Timeout (s)",
-        description="Longest time one request may take, its whole answer included.",
-    )
-    retries: Count = Field(
-        DEFAULT_RETRIES, title="Retries", description="Retries of a failed request (jittered backoff)."
-    )
-    max_concurrency: PositiveCount = Field(
-        DEFAULT_MAX_CONCURRENCY,
-        title="Max concurrent requests",
-        description="Cap on simultaneous requests; more wait their turn.",
-    )
-    max_response_bytes: PositiveCount = Field(
-        DEFAULT_MAX_RESPONSE_BYTES,
-        title="Max answer size (bytes)",
-        description="Largest answer the provider reads; a larger one fails like a bad answer.",
-    )
-    max_pages: PositiveCount = Field(
-        DEFAULT_MAX_PAGES,
-        title="Max pages per listing",
-        description="Most pages one task listing may take before it is treated as a bad answer.",
-    )
-    log_interval: SecondsOrOff = Field(
-        DEFAULT_LOG_INTERVAL,
-        title="Live log interval (s)",
-        description="Seconds between reads of a running task's executor log, shown in the Airflow "
-        "task log while it runs; 0 or empty turns live logs off.",
-    )
-    poll_interval: Seconds = Field(
-        DEFAULT_POLL_INTERVAL, title="Poll interval (s)", description="Default seconds between status polls."
-    )
-    inputs_url: Text = Field(
-        None, title="Inputs URL", description="Where local inputs are staged, e.g. s3://bucket/tes/inputs/"
-    )
-    outputs_url: Text = Field(
-        None, title="Outputs URL", description="Where task outputs go, e.g. s3://bucket/tes/outputs/"
-    )
-    aws_conn_id: Text = Field(
-        None, title="AWS connection id", description="Airflow AWS connection used to stage inputs."
-    )
-    allowed_local_roots: Roots = Field(
-        None,
-        title="Allowed local roots",
-        description="Comma-separated worker directories that local inputs may come from; any other "
-        "local path is refused (recommended when inputs come from run configuration).",
-    )
-    tenant_secret: Text = Field(
-        None,
-        title="Tenant secret",
-        description="Key of the tag that marks this deployment's tasks, so a retry adopts only its own "
-        "(default: [tes] tenant_secret, then [core] fernet_key, then the credential). Kept secret.",
-        repr=False,
-        json_schema_extra={"format": "password"},
-    )
-    task_link_template: Text = Field(
-        None,
-        title="Task link template",
-        description="URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, "
-        "e.g. {origin}/tasks/{task_id} for Funnel's dashboard.",
-    )
+    ] = Field("auto", title="Auth type")
+    """none, basic (login/password), bearer (token below, or the password field) or oauth2 (client
+    credentials: client id as login, secret as password, token URL below). auto: basic when a login
+    is set, bearer when only a token is."""
+    token: Secret = Field(None, title="Bearer token")
+    """Static bearer token (kept secret)."""
+    token_url: Text = Field(None, title="OAuth2 token URL")
+    """Client-credentials token endpoint (auth type oauth2); tokens are renewed before they expire."""
+    scope: Text = Field(None, title="OAuth2 scope")
+    """Scope requested with oauth2 (optional)."""
+    verify: Flag = Field(True, title="Verify TLS")
+    """Verify the server's TLS certificate."""
+    ca_bundle: Text = Field(None, title="CA bundle path")
+    """PEM file of CAs to trust for the TES URL."""
+    protocol: Text = Field(None, title="Protocol")
+    """http or https, for a host given without scheme (default https)."""
+    timeout: Seconds = Field(DEFAULT_TIMEOUT, title="Timeout (s)")
+    """Longest time one request may take, its whole answer included."""
+    retries: Count = Field(DEFAULT_RETRIES, title="Retries")
+    """Retries of a failed request (jittered backoff)."""
+    max_concurrency: PositiveCount = Field(DEFAULT_MAX_CONCURRENCY, title="Max concurrent requests")
+    """Cap on simultaneous requests; more wait their turn."""
+    max_response_bytes: PositiveCount = Field(DEFAULT_MAX_RESPONSE_BYTES, title="Max answer size (bytes)")
+    """Largest answer the provider reads; a larger one fails like a bad answer."""
+    max_pages: PositiveCount = Field(DEFAULT_MAX_PAGES, title="Max pages per listing")
+    """Most pages one task listing may take before it is treated as a bad answer."""
+    log_interval: SecondsOrOff = Field(DEFAULT_LOG_INTERVAL, title="Live log interval (s)")
+    """Seconds between reads of a running task's executor log, shown in the Airflow task log while
+    it runs; 0 or empty turns live logs off."""
+    poll_interval: Seconds = Field(DEFAULT_POLL_INTERVAL, title="Poll interval (s)")
+    """Default seconds between status polls."""
+    inputs_url: Text = Field(None, title="Inputs URL")
+    """Where local inputs are staged, e.g. s3://bucket/tes/inputs/"""
+    outputs_url: Text = Field(None, title="Outputs URL")
+    """Where task outputs go, e.g. s3://bucket/tes/outputs/"""
+    aws_conn_id: Text = Field(None, title="AWS connection id")
+    """Airflow AWS connection used to stage inputs."""
+    allowed_local_roots: Roots = Field(None, title="Allowed local roots")
+    """Comma-separated worker directories that local inputs may come from; any other local path is
+    refused (recommended when inputs come from run configuration)."""
+    tenant_secret: Secret = Field(None, title="Tenant secret")
+    """Key of the tag that marks this deployment's tasks, so a retry adopts only its own (default:
+    [tes] tenant_secret, then [core] fernet_key, then the credential). Kept secret."""
+    task_link_template: Text = Field(None, title="Task link template")
+    """URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, e.g.
+    {origin}/tasks/{task_id} for Funnel's dashboard."""
 
     @classmethod
     def read(cls, extra: Mapping[str, Any], conn_id: str) -> Self:
@@ -255,7 +212,9 @@ def connection_form_fields() -> dict[str, dict[str, Any]]:
             value = prop.get(name, variants[0].get(name))
             if value is not None:
                 schema[name] = value
-        fields[key] = {"label": prop["title"], "schema": schema, "description": prop["description"]}
+        # A docstring wraps where the source does; the form shows one paragraph.
+        description = " ".join(prop["description"].split())
+        fields[key] = {"label": prop["title"], "schema": schema, "description": description}
     return fields
 
 
