@@ -213,7 +213,7 @@ def connection_form_fields() -> dict[str, dict[str, Any]]:
             if value is not None:
                 schema[name] = value
         # A docstring wraps where the source does; the form shows one paragraph.
-        description = " ".join(prop["description"].split())
+        description = " ".join(prop.get("description", "").split())
         fields[key] = {"label": prop["title"], "schema": schema, "description": description}
     return fields
 
