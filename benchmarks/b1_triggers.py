@@ -1,15 +1,19 @@
 """B1: triggerer scale. N TesTaskTriggers in one process vs N naive per-task pollers.
 
 For each N a fresh TES backend holds N QUEUED tasks tagged ``dag_id`` (Funnel with
-``compute="noop"``, or the loopback stub when creating N tasks in Funnel would take too long).
-Every request of the pollers goes through a counting proxy (Funnel) or is counted by the stub.
+``compute="noop"``, or the loopback stub, which answers with Funnel-sized tasks, when creating N
+tasks in Funnel would take too long). Every request of the pollers goes through a counting proxy
+(Funnel) or is counted by the stub.
 
-Per N two child processes are measured, one after the other, so that CPU seconds and peak RSS
+Per N, child processes are measured one after the other, so that CPU seconds and peak RSS
 belong to one measurement each:
 
 * ``product``: N ``TesTaskTrigger`` runs in one event loop (they share one hook and poller);
-* ``baseline``: N trigger-shaped pollers, each with its own ``TesHook`` (own ``httpx.AsyncClient``)
-  doing one GET per task per interval, the way a trigger without the shared poller would.
+* ``baseline``: N trigger-shaped pollers sharing one ``TesHook`` (one pooled client, the same
+  10-request cap) doing one GET per task per interval: the cheapest honest way to poll without
+  the shared poller;
+* ``product_logs`` (stub only): as ``product``, with live logs on for 1% of the tasks, which run
+  and print a line per second; the coalesced polling of the others must cost the same.
 
 After a warm-up (every task polled once) the child measures three phases one after the other, the
 parent flipping tasks to COMPLETE meanwhile and the child recording when each event arrived:
@@ -59,20 +63,27 @@ READY_TIMEOUT = 600.0
 
 
 class PerTaskGetTrigger(BaseTrigger):
-    """Baseline (benchmark only, not product code): own hook, one GET per task per interval.
+    """Baseline (benchmark only, not product code): one GET per task per interval.
 
-    What a trigger without the shared poller does; ``answered`` collects the tasks that got a
+    What a trigger without the shared poller does, given the process's one hook (one pooled
+    client behind the connection's concurrency cap); ``answered`` collects the tasks that got a
     first answer (for the warm-up).
     """
 
     def __init__(
-        self, tes_task_id: str, tes_conn_id: str, poll_interval: float, answered: set[str] | None = None
+        self,
+        tes_task_id: str,
+        tes_conn_id: str,
+        poll_interval: float,
+        answered: set[str] | None = None,
+        hook: Any = None,
     ) -> None:
         super().__init__()
         self.tes_task_id = tes_task_id
         self.tes_conn_id = tes_conn_id
         self.poll_interval = poll_interval
         self.answered = answered if answered is not None else set()
+        self.hook = hook
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         # Required by BaseTrigger; the benchmark runs these in-process and never stores them.
@@ -85,22 +96,22 @@ class PerTaskGetTrigger(BaseTrigger):
         from airflow_provider_tes.models import TesState, TesView
 
         last = None
-        async with TesHook(self.tes_conn_id) as hook:
-            while True:
-                try:
-                    task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
-                except TesError as err:
-                    self.log.warning("Poll of TES task %s failed: %s", self.tes_task_id, err)
-                else:
-                    self.answered.add(self.tes_task_id)
-                    state = task.state or TesState.UNKNOWN
-                    if state != last:
-                        self.log.info("TES task %s is %s", self.tes_task_id, state.value)
-                        last = state
-                    if state.is_terminal:
-                        yield TriggerEvent({"tes_task_id": self.tes_task_id, "state": state.value})
-                        return
-                await asyncio.sleep(self.poll_interval)
+        hook = self.hook or TesHook(self.tes_conn_id)
+        while True:
+            try:
+                task = await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)
+            except TesError as err:
+                self.log.warning("Poll of TES task %s failed: %s", self.tes_task_id, err)
+            else:
+                self.answered.add(self.tes_task_id)
+                state = task.state or TesState.UNKNOWN
+                if state != last:
+                    self.log.info("TES task %s is %s", self.tes_task_id, state.value)
+                    last = state
+                if state.is_terminal:
+                    yield TriggerEvent({"tes_task_id": self.tes_task_id, "state": state.value})
+                    return
+            await asyncio.sleep(self.poll_interval)
 
 
 #: Phases measured one after the other in the same child (after the warm-up).
@@ -110,6 +121,10 @@ CHURN_SECONDS = 600.0
 #: Wave: every task still watched ends within this many seconds.
 WAVE_SECONDS = 30.0
 LAG_TICK = 0.05
+#: Live logs: one task in this many follows its log (issue: 100 of 10,000), every this many s.
+FOLLOW_ONE_IN = 100
+LOG_INTERVAL = 10.0
+MODES = ("product", "baseline", "product_logs")
 
 
 def _phase_length(phase: str, interval: float, window: float) -> float:
@@ -123,8 +138,9 @@ def _reset_peak_rss() -> None:
 
 
 async def _child_main(
-    args: argparse.Namespace, ids: list[str], extra_ids: list[str], control: Any
+    args: argparse.Namespace, ids: list[str], extra_ids: list[str], followed: set[str], control: Any
 ) -> dict[str, Any]:
+    from airflow_provider_tes.hooks.tes import TesHook
     from airflow_provider_tes.triggers.polling import SharedStatusPoller
     from airflow_provider_tes.triggers.tes import TesTaskTrigger
 
@@ -144,8 +160,9 @@ async def _child_main(
             events[task_id] = (time.time(), event.payload.get("state"))
             event_counts[task_id] = event_counts.get(task_id, 0) + 1
 
+    product = args.mode.startswith("product")
     rounds: list[tuple[float, float]] = []
-    if args.mode == "product":
+    if product:
         # Instrumentation only: how long each poll round (listing, not its background GETs) takes.
         original = SharedStatusPoller.poll_once
 
@@ -156,10 +173,17 @@ async def _child_main(
 
         SharedStatusPoller.poll_once = timed_poll_once  # type: ignore[method-assign]
 
+    shared_hook = None if product else TesHook(CONN_ID)
+
     def runner(task_id: str) -> AsyncIterator[Any]:
-        if args.mode == "product":
-            return TesTaskTrigger(tes_task_id=task_id, tes_conn_id=CONN_ID, poll_interval=args.interval).run()
-        return PerTaskGetTrigger(task_id, CONN_ID, args.interval, answered).run()
+        if product:
+            return TesTaskTrigger(
+                tes_task_id=task_id,
+                tes_conn_id=CONN_ID,
+                poll_interval=args.interval,
+                log_interval=LOG_INTERVAL if task_id in followed else None,
+            ).run()
+        return PerTaskGetTrigger(task_id, CONN_ID, args.interval, answered, shared_hook).run()
 
     tasks = [asyncio.create_task(consume(runner(i), i, args.interval)) for i in ids]
 
@@ -180,7 +204,7 @@ async def _child_main(
     first_round = None
     while time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        if args.mode == "product":
+        if product:
             p = poller()
             if p is None or len(p.watches) < len(ids):
                 continue
@@ -249,9 +273,10 @@ async def _child_main(
 
 def child(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["product", "baseline"], required=True)
+    parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--ids", required=True)
     parser.add_argument("--extra-ids", required=True)
+    parser.add_argument("--followed", required=True)
     parser.add_argument("--interval", type=float, required=True)
     parser.add_argument("--window", type=float, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
@@ -266,7 +291,11 @@ def child(argv: list[str]) -> None:
     try:
         result = loop.run_until_complete(
             _child_main(
-                args, Path(args.ids).read_text().split(), Path(args.extra_ids).read_text().split(), control
+                args,
+                Path(args.ids).read_text().split(),
+                Path(args.extra_ids).read_text().split(),
+                set(Path(args.followed).read_text().split()),
+                control,
             )
         )
     except BaseException as err:
@@ -360,7 +389,7 @@ class _Backend:
         if self.funnel is None:
             from tests.support.tes_stub import TesStub
 
-            self.server = TesStub().start()
+            self.server = TesStub(funnel_sized=True).start()
             os.environ[f"AIRFLOW_CONN_{CREATE_CONN_ID.upper()}"] = _conn_json(self.server.base_url, 1)
             hook = TesHook(CREATE_CONN_ID, max_concurrency=CREATE_THREADS)
             started = time.perf_counter()
@@ -385,6 +414,7 @@ def _measure(
     backend: _Backend,
     ids: list[str],
     extra_ids: list[str],
+    followed: list[str],
     mode: str,
     interval: float,
     window: float,
@@ -394,8 +424,10 @@ def _measure(
     """Run one child through the phases; flip ``(offset, task id)`` to COMPLETE in each phase."""
     n = len(ids)
     ids_path, extra_path = tmp / f"ids-{n}.txt", tmp / f"extra-ids-{n}.txt"
+    followed_path = tmp / f"followed-{n}.txt"
     ids_path.write_text("\n".join(ids))
     extra_path.write_text("\n".join(extra_ids))
+    followed_path.write_text("\n".join(followed if mode == "product_logs" else []))
     out_path = tmp / f"result-{n}-{mode}.json"
     log_path = tmp / f"child-{n}-{mode}.log"
     read_fd, write_fd = os.pipe()
@@ -413,6 +445,8 @@ def _measure(
         str(ids_path),
         "--extra-ids",
         str(extra_path),
+        "--followed",
+        str(followed_path),
         "--interval",
         str(interval),
         "--window",
@@ -423,6 +457,8 @@ def _measure(
         str(out_path),
     ]
     backend.server.clear_rewrites()
+    for task_id in followed:  # running in every mode, so that only the log reading differs
+        backend.server.follow(task_id)
     backend.server.reset_counts()
     flipped: dict[str, dict[str, float]] = {phase: {} for phase in PHASES}
     counts: dict[str, dict[str, int]] = {}
@@ -516,11 +552,17 @@ def _measure(
 
 
 def _flip_plan(
-    ids: list[str], extra_ids: list[str], interval: float, window: float, rng: random.Random
+    ids: list[str],
+    extra_ids: list[str],
+    followed: list[str],
+    interval: float,
+    window: float,
+    rng: random.Random,
 ) -> dict[str, list[tuple[float, str]]]:
-    """Which task ends when, per phase (offsets from the phase's start)."""
+    """Which task ends when, per phase (offsets from the phase's start); tasks whose logs are
+    followed run until the wave."""
     n = len(ids)
-    pool = list(ids)
+    pool = [task_id for task_id in ids if task_id not in set(followed)]
     rng.shuffle(pool)
     last = max(1.0, window - interval - 2.0)
     k = max(10, min(100, n // 10))
@@ -531,7 +573,7 @@ def _flip_plan(
     churn, pool = pool[:churn_count], pool[churn_count:]
     # Wave: every task still watched (started ones included) ends within WAVE_SECONDS.
     started = extra_ids[: int(window / gap) + 1]
-    wave = pool + started
+    wave = pool + list(followed) + started
     return {
         "quiet": sorted(zip((rng.uniform(0.5, last) for _ in quiet), quiet, strict=True)),
         "churn": [(0.5 + i * gap, task_id) for i, task_id in enumerate(churn)],
@@ -540,8 +582,15 @@ def _flip_plan(
 
 
 def run(
-    *, quick: bool, tmp: Path, log: Any, backend_choice: str = "auto", sizes: list[int] | None = None
+    *,
+    quick: bool,
+    tmp: Path,
+    log: Any,
+    backend_choice: str = "auto",
+    sizes: list[int] | None = None,
+    modes: list[str] | None = None,
 ) -> tuple[list[Row], dict[str, Any]]:
+    """The table rows and raw results; ``modes`` picks children (a look at one side has no rows)."""
     interval = 2.0 if quick else 10.0
     window = 10.0 if quick else 60.0
     sizes = sizes or ([200] if quick else [1000, 5000, 10000])
@@ -552,11 +601,16 @@ def run(
         extra = int(window * n / CHURN_SECONDS) + 2
         with _Backend(n + extra, tmp, backend_choice, interval, log) as backend:
             ids, extra_ids = backend.ids[:n], backend.ids[n:]
-            flips = _flip_plan(ids, extra_ids, interval, window, rng)
+            # Live logs are measured where the backend can show a running task's output.
+            followed = ids[::FOLLOW_ONE_IN] if hasattr(backend.server, "follow") else []
+            chosen = [m for m in (modes or MODES) if followed or m != "product_logs"]
+            flips = _flip_plan(ids, extra_ids, followed, interval, window, rng)
             results = {}
-            for mode in ("product", "baseline"):
+            for mode in chosen:
                 log(f"  B1 N={n}: measuring {mode} (phases {', '.join(PHASES)}; {interval:.0f} s interval)")
-                results[mode] = _measure(backend, ids, extra_ids, mode, interval, window, flips, tmp)
+                results[mode] = _measure(
+                    backend, ids, extra_ids, followed, mode, interval, window, flips, tmp
+                )
                 r = results[mode]
                 log(f"    startup {r['startup_s']:.1f} s, duplicates {r['duplicate_events']}")
                 for phase, pr in r["phases"].items():
@@ -573,9 +627,45 @@ def run(
                 "create_note": backend.create_note,
                 **results,
             }
+            if "product" not in results or "baseline" not in results:
+                continue
             for phase in PHASES:
                 rows += _rows(n, phase, backend, results, interval, quick)
+            if "product_logs" in results:
+                rows += _live_log_rows(n, len(followed), backend, results, interval)
     return rows, raw
+
+
+def _live_log_rows(
+    n: int, followed: int, backend: _Backend, res: dict[str, Any], interval: float
+) -> list[Row]:
+    """Live logs on for ``followed`` tasks against the same run without them: the coalesced
+    polling of the others must not get dearer (issue: within 20%)."""
+    rows = []
+    for phase in PHASES:
+        on, off = res["product_logs"]["phases"][phase], res["product"]["phases"][phase]
+        case = f"N={n} @{interval:.0f}s {phase}, live logs on {followed}"
+        for metric, key in (("cores used", "cores"), ("peak RSS MB", "peak_rss_mb")):
+            rows.append(
+                Row(
+                    "B1",
+                    case,
+                    metric,
+                    on[key],
+                    off[key],
+                    target="<= 1.2x logs off",
+                    passed=on[key] <= 1.2 * off[key],
+                    backend=backend.kind,
+                    notes="baseline = the same run's product with logs off"
+                    + (
+                        f"; requests/interval {on['requests_per_interval']:.0f} "
+                        f"(logs off {off['requests_per_interval']:.0f})"
+                        if key == "cores"
+                        else ""
+                    ),
+                )
+            )
+    return rows
 
 
 def _num(value: float | None) -> str:

@@ -5,7 +5,7 @@ because the absolute numbers depend on a machine that is shared (other processes
 The table is printed and everything (with the raw measurements) is written to
 ``benchmarks/results/latest.json``.
 
-* B1 triggerer scale: N TesTaskTriggers in one process vs N per-task pollers (own hook each).
+* B1 triggerer scale: N TesTaskTriggers in one process vs N per-task pollers sharing one client.
 * B2 staging: InputStager vs boto3 upload_file / a put_object loop; second run; digest vs hashlib.
 * B3 submit overhead: TesTaskOperator.execute up to the deferral vs py-tes create_task.
 """
@@ -75,8 +75,9 @@ def table(rows: list[Row]) -> str:
 
 
 BASELINES = {
-    "B1": "baseline = the same N tasks polled by N trigger-shaped loops, each with its own TesHook "
-    "(own httpx.AsyncClient), one GET per task per interval; 'x less' = baseline / value",
+    "B1": "baseline = the same N tasks polled by N trigger-shaped loops sharing one TesHook (one pooled "
+    "client, the connection's 10-request cap), one GET per task per interval; 'x less' = baseline / value; "
+    "live-log rows: baseline = the same run's product with logs off",
     "B2": "baseline = boto3 upload_file (file), a plain put_object loop (directory), hashlib.file_digest "
     "(digest); throughput ratios are value / baseline (higher is better)",
     "B3": "baseline = py-tes HTTPClient.create_task of the same task body against the same Funnel; "
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         help="B1 TES backend: Funnel (noop compute) unless creating N tasks takes > 3 min (auto)",
     )
     parser.add_argument("--b1-sizes", default="", help="override B1 task counts, e.g. 1000,10000")
+    parser.add_argument(
+        "--b1-modes", default="", help="B1 children to run (default all), e.g. product for a quick look"
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / "latest.json"))
     args = parser.parse_args(argv)
     selected = [x.strip().lower() for x in args.only.split(",") if x.strip()]
@@ -132,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                     from benchmarks import b1_triggers
 
                     sizes = [int(x) for x in args.b1_sizes.split(",") if x.strip()] or None
+                    modes = [x.strip() for x in args.b1_modes.split(",") if x.strip()] or None
                     new_rows, raw[name] = b1_triggers.run(
-                        quick=args.quick, tmp=tmp, log=_log, backend_choice=args.b1_backend, sizes=sizes
+                        quick=args.quick,
+                        tmp=tmp,
+                        log=_log,
+                        backend_choice=args.b1_backend,
+                        sizes=sizes,
+                        modes=modes,
                     )
                 elif name == "b2":
                     from benchmarks import b2_staging

@@ -4,11 +4,19 @@ Why: creating 10,000 tasks in Funnel takes too long for the benchmark, and the p
 want an upstream whose every request they can see. It answers ListTasks (state, name prefix and
 tag filters, paging), GetTask (MINIMAL: id and state), CreateTask, CancelTask and service-info;
 ``rewrite_state`` really changes a task's state. Rules of the loopback core apply as anywhere.
+
+``funnel_sized``: answer listings and FULL views with whole tasks of about Funnel's size (~850
+bytes; Funnel v0.12.2 sends whole tasks in a tag-filtered MINIMAL listing), so that a benchmark
+measures the client's parsing of what a real server sends, not of a two-field stub answer.
+``follow(task_id)`` makes a task RUNNING with an executor stdout that grows by one numbered line
+per second (what Funnel shows in the FULL view while a task runs), for the live-log benchmark.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -23,13 +31,28 @@ class TesStub(LoopbackServer):
     """Tasks by id (``tasks``); new ones get ``id_format.format(n)`` and ``initial_state``."""
 
     def __init__(
-        self, *, initial_state: str = "QUEUED", id_format: str = "stub{:08d}", rules: Iterable[Rule] = ()
+        self,
+        *,
+        initial_state: str = "QUEUED",
+        id_format: str = "stub{:08d}",
+        rules: Iterable[Rule] = (),
+        funnel_sized: bool = False,
     ) -> None:
         super().__init__(rules)
         self.initial_state = initial_state
         self.id_format = id_format
+        self.funnel_sized = funnel_sized
         self.tasks: dict[str, dict[str, Any]] = {}
+        #: Per task, the JSON of everything but id and state (written once: answers stay cheap).
+        self._rest: dict[str, bytes] = {}
+        #: Tasks whose stdout grows, and since when (see :meth:`follow`).
+        self._followed: dict[str, float] = {}
         self._ids = itertools.count(1)
+
+    def follow(self, task_id: str) -> None:
+        with self.lock:
+            self.tasks[task_id]["state"] = "RUNNING"
+            self._followed[task_id] = time.monotonic()
 
     def rewrite_state(self, task_id: str, state: str) -> None:
         with self.lock:
@@ -55,6 +78,7 @@ class TesStub(LoopbackServer):
                     "name": doc.get("name") or "",
                     "tags": doc.get("tags") or {},
                 }
+                self._rest[task_id] = _funnel_rest(doc) if self.funnel_sized else b""
                 return json_answer(200, {"id": task_id})
             if rest == "tasks" and request.method == "GET":
                 return self._list(request.query)
@@ -67,7 +91,9 @@ class TesStub(LoopbackServer):
                 task = self.tasks.get(unquote(rest.removeprefix("tasks/")))
                 if task is None:
                     return json_answer(404, {"message": "no such task"})
-                return json_answer(200, {"id": task["id"], "state": task["state"]})
+                if (request.query.get("view") or ["MINIMAL"])[0] == "MINIMAL":
+                    return json_answer(200, {"id": task["id"], "state": task["state"]})
+                return Answer(200, self._whole(task, full=True), [("Content-Type", "application/json")])
         return json_answer(404, {"message": "no route"})
 
     def _list(self, query: dict[str, list[str]]) -> Answer:
@@ -87,6 +113,48 @@ class TesStub(LoopbackServer):
         ]
         page = matched[start : start + page_size]
         token = str(start + page_size) if start + page_size < len(matched) else ""
-        return json_answer(
-            200, {"tasks": [{"id": t["id"], "state": t["state"]} for t in page], "next_page_token": token}
-        )
+        if not self.funnel_sized:
+            return json_answer(
+                200, {"tasks": [{"id": t["id"], "state": t["state"]} for t in page], "next_page_token": token}
+            )
+        body = b'{"tasks":[' + b",".join(self._whole(t) for t in page) + b'],"next_page_token":'
+        return Answer(200, body + json.dumps(token).encode() + b"}", [("Content-Type", "application/json")])
+
+    def _whole(self, task: dict[str, Any], *, full: bool = False) -> bytes:
+        head = json.dumps({"id": task["id"], "state": task["state"]}).encode()[:-1]
+        rest = self._rest.get(task["id"], b"")
+        since = self._followed.get(task["id"])
+        if full and since is not None:
+            lines = "".join(f"line {n}\n" for n in range(1, int(time.monotonic() - since) + 1))
+            executor = {"stdout": lines, "stderr": "", "start_time": "2026-01-01T00:00:00Z"}
+            logs = {"logs": [{"logs": [executor]}]}
+            rest += b"," + json.dumps(logs).encode()[1:-1]
+        return head + (b"," + rest if rest else b"") + b"}"
+
+
+def _funnel_rest(doc: dict[str, Any]) -> bytes:
+    """A task's fields besides id and state as Funnel keeps them (~850 bytes with both)."""
+    rest = {
+        "name": doc.get("name") or "",
+        "description": "",
+        "inputs": [],
+        "outputs": [
+            {"url": "s3://bench/outputs/stdout", "path": "/mnt/task/stdout", "type": "FILE"},
+            {"url": "s3://bench/outputs/stderr", "path": "/mnt/task/stderr", "type": "FILE"},
+        ],
+        "resources": {"cpu_cores": 1, "ram_gb": 1.0, "disk_gb": 10.0, "preemptible": False},
+        "executors": [
+            {
+                "image": "alpine:3.20",
+                "command": ["/bin/sh", "-c", "true"],
+                "workdir": "/mnt/task/work",
+                "stdout": "/mnt/task/stdout",
+                "stderr": "/mnt/task/stderr",
+            }
+        ],
+        "volumes": ["/mnt/task/work"],
+        "tags": doc.get("tags") or {},
+        "creation_time": "2026-01-01T00:00:00.000000000Z",
+    }
+    body = json.dumps(rest).encode()[1:-1]
+    return body + b',"logs":[]' + b" " * max(0, 800 - len(body))
