@@ -18,7 +18,12 @@ import pytest
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState
-from airflow_provider_tes.triggers.polling import LISTED_STATES, SharedStatusPoller
+from airflow_provider_tes.triggers.polling import (
+    BULK_MIN,
+    ENDED_STATES,
+    LISTED_STATES,
+    SharedStatusPoller,
+)
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 
 CONN = "tes_polling_unit"
@@ -30,18 +35,21 @@ class FakeTes:
     Server personalities by attribute: ``list_status`` (a gateway or ACL that refuses
     ListTasks with that status while GET works), ``blind`` (ListTasks ignores every filter and
     returns every task, ``foreign`` entries included), ``token`` (bearer token required),
-    ``hidden`` (ids answered 404 for now: an eventually consistent server).
+    ``hidden`` (ids answered 404 for now: an eventually consistent server), ``refused_states``
+    (listings of these states fail with 500). Listings are paged by ``page_size``.
     """
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
+        self.listings: Counter[str | None] = Counter()  # listings by state filter
         self.refuse_listing = False
         self.list_status = 200
         self.blind = False
         self.foreign: list[dict[str, Any]] = []
         self.token: str | None = None
         self.hidden: set[str] = set()
+        self.refused_states: set[str] = set()
 
     def add(self, task_id: str, state: str = "RUNNING", tagged: bool = True) -> None:
         self.tasks[task_id] = {"id": task_id, "state": state, "tags": {"dag_id": "d"} if tagged else {}}
@@ -59,13 +67,19 @@ class FakeTes:
             if self.list_status != 200:
                 return httpx.Response(self.list_status, json={"message": "listing not available here"})
             state = None if self.blind else query.get("state", [None])[0]
+            if state in self.refused_states:
+                return httpx.Response(500, json={"message": f"listing {state} tasks failed"})
             keys = [] if self.blind else query.get("tag_key", [])
             tasks: list[dict[str, Any]] = [
                 {"id": t["id"], "state": t["state"]}
                 for t in self.tasks.values()
                 if (state is None or t["state"] == state) and all(k in t["tags"] for k in keys)
-            ]
-            return httpx.Response(200, json={"tasks": tasks + self.foreign, "next_page_token": ""})
+            ] + self.foreign
+            self.listings[state] += 1
+            start = int(query.get("page_token", ["0"])[0])
+            end = start + int(query.get("page_size", ["1000000"])[0])
+            token = str(end) if end < len(tasks) else ""
+            return httpx.Response(200, json={"tasks": tasks[start:end], "next_page_token": token})
         task_id = path.removeprefix("tasks/")
         self.calls["get"] += 1
         if task_id not in self.tasks or task_id in self.hidden:
@@ -523,3 +537,70 @@ async def test_a_round_does_not_wait_for_its_lookups(fake: FakeTes) -> None:
         assert {u.state for u in updates} == {TesState.COMPLETE}
         await _settle()
         assert fake.calls["get"] == 30, "each ended task was fetched once"
+
+
+async def test_a_wave_of_endings_is_resolved_by_listing_the_ended_states(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    """Many tasks gone from the active listings at once cost one listing per terminal state,
+    not a GET each; every task gets its own terminal state once."""
+    ids = [f"t{i}" for i in range(3 * BULK_MIN)]
+    for task_id in ids:
+        fake.add(task_id)
+    async with contextlib_watch_all(poller, ids) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        ended = {task_id: "COMPLETE" for task_id in ids[: 2 * BULK_MIN]}
+        ended |= {task_id: "EXECUTOR_ERROR" for task_id in ids[2 * BULK_MIN : 2 * BULK_MIN + 5]}
+        for task_id, state in ended.items():
+            fake.tasks[task_id]["state"] = state
+        fake.calls.clear()
+        await poller.poll_once()
+        assert fake.calls["get"] == 0
+        assert fake.calls["list"] == len(LISTED_STATES) + len(ENDED_STATES)
+        for task_id, queue in zip(ids, queues, strict=True):
+            if task_id in ended:
+                assert (await _next(queue)).state == TesState(ended[task_id])
+            assert queue.empty()
+
+
+async def test_a_long_history_of_ended_tasks_is_not_read_through(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    """A server keeps every task it ever ended: a page of ended tasks that are not watched ends
+    that listing after one page, and the watched ones are fetched by GET."""
+    for i in range(3000):
+        fake.add(f"old{i}", "COMPLETE")
+    ids = [f"t{i}" for i in range(2 * BULK_MIN)]
+    for task_id in ids:
+        fake.add(task_id)
+    async with contextlib_watch_all(poller, ids) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        for task_id in ids:
+            fake.tasks[task_id]["state"] = "COMPLETE"
+        fake.calls.clear()
+        fake.listings.clear()
+        await poller.poll_once()
+        assert fake.listings["COMPLETE"] == 1, "one page of someone else's history, then GETs"
+        assert fake.calls["get"] == len(ids)
+        updates = await asyncio.gather(*(_next(q) for q in queues))
+        assert {u.state for u in updates} == {TesState.COMPLETE}
+        await _settle()
+        assert all(q.empty() for q in queues)
+
+
+async def test_a_refused_listing_of_ended_tasks_leaves_them_to_gets(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    ids = [f"t{i}" for i in range(2 * BULK_MIN)]
+    for task_id in ids:
+        fake.add(task_id)
+    async with contextlib_watch_all(poller, ids) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        for task_id in ids:
+            fake.tasks[task_id]["state"] = "SYSTEM_ERROR"
+        fake.calls.clear()
+        fake.refused_states = {state.value for state in ENDED_STATES}
+        await poller.poll_once()
+        updates = await asyncio.gather(*(_next(q) for q in queues))
+        assert {u.state for u in updates} == {TesState.SYSTEM_ERROR}
+        assert fake.calls["get"] == len(ids)

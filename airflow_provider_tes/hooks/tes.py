@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, Self, Unpack
 
 import httpx
@@ -423,13 +423,20 @@ class TesHook(BaseHook):
         await self._a_call(_requests.cancel_task(task_id))
 
     async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncIterator[TesTask]:
+        async with contextlib.aclosing(self.a_list_task_pages(**select)) as pages:
+            async for page in pages:
+                for task in page:
+                    yield task
+
+    async def a_list_task_pages(self, **select: Unpack[TaskFilter]) -> AsyncGenerator[list[TesTask], None]:
+        """:meth:`a_list_tasks` a page at a time, for a caller that may stop after any page
+        (the poller reads a long history of ended tasks only while its pages are of use)."""
         params = _requests.list_params(**select)
         pager = _requests.Pager(params, await self.a_settings())
         while True:
             req = pager.request()
             page = await self._a_call(req)
-            for task in pager.fresh(page, req):
-                yield task
+            yield pager.fresh(page, req)
             if not pager.advance(page, req):
                 return
 

@@ -8,10 +8,14 @@ one hook (one connection pool) and, once per interval, one *round*:
 * one ListTasks per listed state (:data:`LISTED_STATES`), MINIMAL view, filtered by the tag
   every submitted task carries (:data:`~airflow_provider_tes.identity.COALESCE_TAG`), paged,
   the states side by side; every watched task found there is still in that state;
-* a GET (a *lookup*) for each watched task the listings did not show: it has just finished
-  (or was never tagged, e.g. a sensor on a foreign task, or its state's listing failed), and
-  the GET tells its exact state. Lookups run in the background at bounded concurrency, so a
-  wave of endings neither holds up the next round nor floods the event loop.
+* when many watched tasks left those listings at once (a mapped stage ending), the same
+  listing of the terminal states (:data:`ENDED_STATES`), read only while its pages hold them:
+  a page of 2,047 ended tasks costs about what 30 GETs cost, but a server keeps every task it
+  ever ended, so a page that holds few of them ends that state's listing;
+* a GET (a *lookup*) for each watched task still unaccounted for: it has just finished (or was
+  never tagged, e.g. a sensor on a foreign task, or its state's listing failed), and the GET
+  tells its exact state. Lookups run in the background at bounded concurrency, so endings
+  neither hold up the next round nor flood the event loop.
 
 A newly watched task is looked up once at once; it does not start a round, so rounds stay one
 per interval however fast triggers arrive. The steady cost is a handful of requests per
@@ -59,6 +63,13 @@ LISTED_STATES = (
     TesState.PAUSED,
     TesState.CANCELING,
 )
+#: Terminal states: a task found in one of their listings has ended, whenever it was listed.
+ENDED_STATES = tuple(state for state in TesState if state.is_terminal)
+#: From this many watched tasks gone from the active listings in one round, they are looked for
+#: in the listings of :data:`ENDED_STATES` before any is looked up by GET...
+BULK_MIN = 64
+#: ...page by page, while a page still holds at least this many of them.
+BULK_MIN_HITS_PER_PAGE = 32
 #: After the k-th refused listing in a row the next try is ``2**k`` rounds later, at most this
 #: many: a server that never lists costs one listing per few minutes, one that lists again
 #: (a gateway fixed, a transient error) is listed again soon.
@@ -259,6 +270,7 @@ class SharedStatusPoller:
             return
         listed: dict[str, TesState] = {}
         unlisted = watched
+        complete = False
         if self.rounds >= self._list_from_round:
             listed, complete = await self._list_active(watched)
             unlisted = watched - listed.keys()
@@ -270,6 +282,13 @@ class SharedStatusPoller:
             self._deliver(task_id, StatusUpdate(state=state))
             if n % CHUNK == 0:
                 await asyncio.sleep(0)
+        unlisted -= self._lookup_pending  # already on their way
+        if complete and len(unlisted) >= BULK_MIN:
+            for n, (task_id, state) in enumerate((await self._list_ended(unlisted)).items(), 1):
+                self._deliver(task_id, StatusUpdate(state=state))
+                unlisted.discard(task_id)
+                if n % CHUNK == 0:
+                    await asyncio.sleep(0)
         self._look_up(unlisted)
         if wait_for_lookups:
             await self._lookups_done()
@@ -315,6 +334,49 @@ class SharedStatusPoller:
                 "; ".join(f"{type(f).__name__}: {f}" for f in failures[:2]),
             )
         return found, not failures
+
+    async def _list_ended(self, wanted: set[str]) -> dict[str, TesState]:
+        """The terminal states of those of ``wanted`` that the terminal states' listings show.
+
+        Each state's listing stops at a page holding fewer than :data:`BULK_MIN_HITS_PER_PAGE`
+        of them, or once all are found; a listing that fails is left to the lookups (no
+        backoff: it is tried only in rounds that see many endings).
+        """
+        remaining = set(wanted)
+
+        async def listed(state: TesState) -> dict[str, TesState]:
+            found: dict[str, TesState] = {}
+            pages = self.hook.a_list_task_pages(
+                state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
+            )
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    hits = 0
+                    for n, task in enumerate(page, 1):
+                        # The entry's own state decides (a server may ignore the state filter).
+                        if task.id in remaining and task.state is not None and task.state.is_terminal:
+                            found[task.id] = task.state
+                            remaining.discard(task.id)
+                            hits += 1
+                        if n % CHUNK == 0:
+                            await asyncio.sleep(0)
+                    if not remaining or hits < BULK_MIN_HITS_PER_PAGE:
+                        break
+            return found
+
+        parts = await asyncio.gather(
+            *(self._with_fresh_credential(functools.partial(listed, state)) for state in ENDED_STATES),
+            return_exceptions=True,
+        )
+        found: dict[str, TesState] = {}
+        for part in parts:
+            if isinstance(part, asyncio.CancelledError):
+                raise part
+            if isinstance(part, BaseException):
+                log.info("Listing ended TES tasks of %s failed (%r); GETs cover it", self.tes_conn_id, part)
+            else:
+                found.update(part)
+        return found
 
     async def _listing_alone_failed(self, unlisted: set[str]) -> bool:
         """After a failed listing: whether the server still answers GETs (then the listing
