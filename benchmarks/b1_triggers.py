@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -199,6 +200,17 @@ async def _child_main(
             lags.append(max(0.0, loop.time() - before - LAG_TICK))
 
     monitor = asyncio.create_task(lag_monitor())
+    # Where a long stall of the loop comes from: the garbage collector's pauses, by generation.
+    gc_pauses: list[tuple[int, float]] = []
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(gc_timer)
     ready = False
     deadline = time.monotonic() + READY_TIMEOUT
     first_round = None
@@ -234,6 +246,7 @@ async def _child_main(
         length = _phase_length(phase, args.interval, args.window)
         _reset_peak_rss()
         lags.clear()
+        gc_pauses.clear()
         p = poller()  # kept: in the wave the poller leaves with the last trigger
         rounds0 = p.rounds if p is not None else 0
         cpu0, wall0 = cpu_seconds(), time.time()
@@ -256,6 +269,8 @@ async def _child_main(
             "lag_p50_ms": 1000 * (percentile(lags, 50) or 0.0),
             "lag_p99_ms": 1000 * (percentile(lags, 99) or 0.0),
             "lag_max_ms": 1000 * max(lags, default=0.0),
+            "gc_max_ms": 1000 * max((d for _, d in gc_pauses), default=0.0),
+            "gc_full_collections": sum(1 for g, _ in gc_pauses if g == 2),
         }
     monitor.cancel()
     return {
@@ -619,7 +634,8 @@ def run(
                         f"requests/interval {pr['requests_per_interval']:.0f}, rounds/interval "
                         f"{_num(pr['rounds_per_interval'])}, delay p50/p99 {_num(pr['delay_p50'])}/"
                         f"{_num(pr['delay_p99'])}, events {pr['events_for_flipped']}/{pr['flipped']}, "
-                        f"lag p99 {pr['lag_p99_ms']:.0f} ms"
+                        f"lag p99 {pr['lag_p99_ms']:.0f} ms, max {pr['lag_max_ms']:.0f} ms (longest GC pause "
+                        f"{pr['gc_max_ms']:.0f} ms, {pr['gc_full_collections']} full collections)"
                     )
             raw["runs"][str(n)] = {
                 "backend": backend.kind,

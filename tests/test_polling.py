@@ -604,3 +604,29 @@ async def test_a_refused_listing_of_ended_tasks_leaves_them_to_gets(
         updates = await asyncio.gather(*(_next(q) for q in queues))
         assert {u.state for u in updates} == {TesState.SYSTEM_ERROR}
         assert fake.calls["get"] == len(ids)
+
+
+async def test_while_endings_keep_coming_ended_states_are_listed_beside_the_active_ones(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    """Like triggers, each watcher leaves once its task has ended."""
+    ids = [f"t{i}" for i in range(6 * BULK_MIN)]
+    for task_id in ids:
+        fake.add(task_id)
+    waves = [ids[: 2 * BULK_MIN], ids[2 * BULK_MIN : 4 * BULK_MIN], [], []]
+    async with contextlib_watch_all(poller, ids[4 * BULK_MIN :]) as staying:
+        await asyncio.gather(*(_next(q) for q in staying))
+        seen = []
+        for wave in waves:
+            async with contextlib_watch_all(poller, wave) as queues:
+                await asyncio.gather(*(_next(q) for q in queues))
+                for task_id in wave:
+                    fake.tasks[task_id]["state"] = "COMPLETE"
+                fake.listings.clear()
+                fake.calls.clear()
+                await poller.poll_once()
+                seen.append((fake.listings["COMPLETE"], fake.calls["get"]))
+                assert [(await _next(q)).state for q in queues] == [TesState.COMPLETE] * len(wave)
+        # 1st wave: found missing, then listed; 2nd: listed beside the active states; then one
+        # round more of that (the 2nd wave's round saw endings), then active states only.
+        assert seen == [(1, 0), (1, 0), (1, 0), (0, 0)]

@@ -161,6 +161,8 @@ class SharedStatusPoller:
         #: Refused listings in a row, and the first round that lists again.
         self.listing_failures = 0
         self._list_from_round = 1
+        #: Watched tasks the last round's active listings did not show (see :meth:`poll_once`).
+        self._left_last_round = 0
         #: Lookups (GETs) waiting, and those in flight; see :meth:`_look_up`.
         self._lookup_queue: collections.deque[str] = collections.deque()
         self._lookup_pending: set[str] = set()
@@ -271,20 +273,33 @@ class SharedStatusPoller:
         listed: dict[str, TesState] = {}
         unlisted = watched
         complete = False
+        ended: asyncio.Task[dict[str, TesState]] | None = None
         if self.rounds >= self._list_from_round:
-            listed, complete = await self._list_active(watched)
-            unlisted = watched - listed.keys()
-            if complete:
-                self.listing_failures = 0
-            elif not await self._listing_alone_failed(unlisted):
-                return
+            if self._left_last_round >= BULK_MIN:
+                # Endings keep coming (a wave, a busy hour): the ended states are listed beside
+                # the active ones, so a round takes as long as the slower, not both.
+                ended = asyncio.create_task(self._list_ended(watched))
+            try:
+                listed, complete = await self._list_active(watched)
+                unlisted = watched - listed.keys()
+                if complete:
+                    self.listing_failures = 0
+                elif not await self._listing_alone_failed(unlisted):
+                    return
+            finally:
+                if ended is not None and not complete:
+                    ended.cancel()
         for n, (task_id, state) in enumerate(listed.items(), 1):
             self._deliver(task_id, StatusUpdate(state=state))
             if n % CHUNK == 0:
                 await asyncio.sleep(0)
         unlisted -= self._lookup_pending  # already on their way
-        if complete and len(unlisted) >= BULK_MIN:
-            for n, (task_id, state) in enumerate((await self._list_ended(unlisted)).items(), 1):
+        self._left_last_round = len(unlisted) if complete else 0
+        if complete and ended is None and len(unlisted) >= BULK_MIN:
+            ended = asyncio.create_task(self._list_ended(unlisted))
+        if ended is not None and complete:
+            # Ended is final: a task listed active a moment before it ended is ended.
+            for n, (task_id, state) in enumerate((await ended).items(), 1):
                 self._deliver(task_id, StatusUpdate(state=state))
                 unlisted.discard(task_id)
                 if n % CHUNK == 0:
