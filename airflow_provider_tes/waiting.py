@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.identity import Tenant
 from airflow_provider_tes.links import TesTaskLink
 from airflow_provider_tes.models import TesState, TesView
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
@@ -56,4 +57,5 @@ class TesWaitMixin:
             started_at=time.time(),
             log_interval=log_interval,
             startup_timeout=startup_timeout,
+            deployment=Tenant.of_connection(self.hook.settings).deployment,
         )

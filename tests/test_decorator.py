@@ -24,6 +24,7 @@ from airflow_provider_tes.decorators.tes import _TesDecoratedOperator, tes_task
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.get_provider_info import get_provider_info
 from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.models import TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from tests.support.airflow_env import aws_connection, tes_connection
 
@@ -277,7 +278,15 @@ def test_resumes_on_a_fresh_operator_with_the_same_command_and_none_in_xcom(
     assert calls == ["tes"]
     # The script is not kept in XCom (served as is by the API and UI).
     assert not any("echo hello" in json.dumps(value, default=str) for value in ti.xcoms.values()), ti.xcoms
-    event = deferred.value.trigger.wait_here()
+    trigger = deferred.value.trigger
+    # The trigger's poller lists by the deployment tag the task was submitted with, and Funnel's
+    # listing filtered so shows the task.
+    with TesHook("tes_decorator") as hook:
+        submitted = hook.get_task(trigger.tes_task_id, view=TesView.FULL)
+        assert trigger.deployment and (submitted.tags or {}).get("deployment") == trigger.deployment
+        listed = hook.list_tasks(tags={"deployment": trigger.deployment}, view=TesView.MINIMAL)
+        assert trigger.tes_task_id in {t.id for t in listed}
+    event = trigger.wait_here()
 
     fresh = parse()
     result = fresh.execute_complete(context_of(ti), event.to_trigger_event().payload)

@@ -51,8 +51,9 @@ class FakeTes:
         self.hidden: set[str] = set()
         self.refused_states: set[str] = set()
 
-    def add(self, task_id: str, state: str = "RUNNING", tagged: bool = True) -> None:
-        self.tasks[task_id] = {"id": task_id, "state": state, "tags": {"dag_id": "d"} if tagged else {}}
+    def add(self, task_id: str, state: str = "RUNNING", tagged: bool = True, deployment: str = "a") -> None:
+        tags = {"dag_id": "d", "deployment": deployment} if tagged else {}
+        self.tasks[task_id] = {"id": task_id, "state": state, "tags": tags}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = urlsplit(str(request.url)).path.removeprefix("/ga4gh/tes/v1/")
@@ -70,10 +71,13 @@ class FakeTes:
             if state in self.refused_states:
                 return httpx.Response(500, json={"message": f"listing {state} tasks failed"})
             keys = [] if self.blind else query.get("tag_key", [])
+            values = [] if self.blind else query.get("tag_value", [])
+            wanted = list(zip(keys, values + [""] * (len(keys) - len(values)), strict=True))
             tasks: list[dict[str, Any]] = [
                 {"id": t["id"], "state": t["state"]}
                 for t in self.tasks.values()
-                if (state is None or t["state"] == state) and all(k in t["tags"] for k in keys)
+                if (state is None or t["state"] == state)
+                and all(k in t["tags"] and v in ("", t["tags"][k]) for k, v in wanted)
             ] + self.foreign
             self.listings[state] += 1
             start = int(query.get("page_token", ["0"])[0])
@@ -100,7 +104,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTes:
 def _register(fake: FakeTes, interval: float) -> SharedStatusPoller:
     hook = TesHook(CONN, async_transport=httpx.MockTransport(fake))
     poller = SharedStatusPoller(CONN, interval, hook=hook)
-    SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, interval)] = poller
+    SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, interval, None)] = poller
     return poller
 
 
@@ -471,7 +475,7 @@ async def test_rounds_that_fail_unexpectedly_are_delivered_and_retried(fake: Fak
     def register() -> SharedStatusPoller:
         hook = TesHook(CONN, async_transport=httpx.MockTransport(flaky))
         poller = SharedStatusPoller(CONN, 0.05, hook=hook)
-        SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, 0.05)] = poller
+        SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, 0.05, None)] = poller
         return poller
 
     fake.add("a")
@@ -630,3 +634,37 @@ async def test_while_endings_keep_coming_ended_states_are_listed_beside_the_acti
         # 1st wave: found missing, then listed; 2nd: listed beside the active states; then one
         # round more of that (the 2nd wave's round saw endings), then active states only.
         assert seen == [(1, 0), (1, 0), (1, 0), (0, 0)]
+
+
+async def test_a_deployment_lists_only_its_own_tasks(fake: FakeTes) -> None:
+    """Triggers that name their deployment share a poller that lists that deployment's tasks
+    only: another deployment's thousands of tasks on the same server cost it nothing."""
+    for i in range(3000):
+        fake.add(f"other{i}", deployment="b")
+    fake.add("mine", deployment="a")
+    requests: list[httpx.Request] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return fake(request)
+
+    hook = TesHook(CONN, async_transport=httpx.MockTransport(recording))
+    poller = SharedStatusPoller(CONN, 3600.0, hook=hook, deployment="a")
+    SharedStatusPoller._registry[(id(asyncio.get_running_loop()), CONN, 3600.0, "a")] = poller
+    try:
+        trigger = TesTaskTrigger("mine", tes_conn_id=CONN, poll_interval=3600.0, deployment="a")
+        assert SharedStatusPoller.for_connection(CONN, 3600.0, trigger.deployment) is poller
+        async with poller.watch("mine") as updates:
+            assert (await _next(updates)).state is TesState.RUNNING
+            await _settle()
+            requests.clear()
+            fake.tasks["mine"]["state"] = "COMPLETE"
+            await poller.poll_once()
+            assert (await _next(updates)).state is TesState.COMPLETE
+        listings = [r for r in requests if r.url.path.endswith("/tasks")]
+        assert listings
+        for listing in listings:
+            assert listing.url.params.get_list("tag_key") == ["deployment"]
+            assert listing.url.params.get_list("tag_value") == ["a"]
+    finally:
+        SharedStatusPoller._registry.clear()

@@ -5,9 +5,11 @@ interval overloads TES servers (crankshaft dropped per-task polling for that rea
 a client per trigger wastes sockets and memory. Here the triggers of one connection share
 one hook (one connection pool) and, once per interval, one *round*:
 
-* one ListTasks per listed state (:data:`LISTED_STATES`), MINIMAL view, filtered by the tag
-  every submitted task carries (:data:`~airflow_provider_tes.identity.COALESCE_TAG`), paged,
-  the states side by side; every watched task found there is still in that state;
+* one ListTasks per listed state (:data:`LISTED_STATES`), MINIMAL view, filtered by the
+  deployment tag of the watched tasks (a triggerer lists what its own watches need, not every
+  Airflow task on a shared server; a poller per deployment), or by the tag every submitted
+  task carries (:data:`~airflow_provider_tes.identity.COALESCE_TAG`) for watches that do not
+  say, paged, the states side by side; every watched task found there is still in that state;
 * when many watched tasks left those listings at once (a mapped stage ending), the same
   listing of the terminal states (:data:`ENDED_STATES`), read only while its pages hold them:
   a page of 2,047 ended tasks costs about what 30 GETs cost, but a server keeps every task it
@@ -49,7 +51,7 @@ from airflow_provider_tes.exceptions import (
     TesServerUnavailableError,
 )
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.identity import COALESCE_TAG
+from airflow_provider_tes.identity import COALESCE_TAG, DEPLOYMENT_TAG
 from airflow_provider_tes.models import MAX_PAGE_SIZE, TesState, TesView
 
 log = logging.getLogger(__name__)
@@ -149,11 +151,15 @@ def _unexpected(err: BaseException, what: str) -> TesServerUnavailableError:
 class SharedStatusPoller:
     """Polls the states of all watched tasks of one connection at one interval."""
 
-    _registry: dict[tuple[int, str, float], SharedStatusPoller] = {}  # noqa: RUF012 - process-wide on purpose
+    _registry: dict[tuple[int, str, float, str | None], SharedStatusPoller] = {}  # noqa: RUF012 - process-wide on purpose
 
-    def __init__(self, tes_conn_id: str, interval: float, hook: TesHook | None = None) -> None:
+    def __init__(
+        self, tes_conn_id: str, interval: float, hook: TesHook | None = None, deployment: str | None = None
+    ) -> None:
         self.tes_conn_id = tes_conn_id
         self.interval = interval
+        #: The tag filter of every listing.
+        self.listing_tags = {DEPLOYMENT_TAG: deployment} if deployment else {COALESCE_TAG: ""}
         self._shares_hook = hook is None
         self.hook = hook or _acquire_hook(tes_conn_id)
         self.watches: dict[str, list[_Watch]] = {}
@@ -181,11 +187,13 @@ class SharedStatusPoller:
     # -- sharing ------------------------------------------------------------------------------------
 
     @classmethod
-    def for_connection(cls, tes_conn_id: str, interval: float) -> SharedStatusPoller:
-        key = (id(asyncio.get_running_loop()), tes_conn_id, float(interval))
+    def for_connection(
+        cls, tes_conn_id: str, interval: float, deployment: str | None = None
+    ) -> SharedStatusPoller:
+        key = (id(asyncio.get_running_loop()), tes_conn_id, float(interval), deployment)
         poller = cls._registry.get(key)
         if poller is None:
-            poller = cls._registry[key] = cls(tes_conn_id, interval)
+            poller = cls._registry[key] = cls(tes_conn_id, interval, deployment=deployment)
         return poller
 
     @contextlib.asynccontextmanager
@@ -320,7 +328,7 @@ class SharedStatusPoller:
             found: dict[str, TesState] = {}
             seen = 0
             async for task in self.hook.a_list_tasks(
-                state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
+                state=state, tags=self.listing_tags, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
             ):
                 if task.id in watched and task.state not in (None, TesState.UNKNOWN):
                     found[task.id] = task.state
@@ -362,7 +370,7 @@ class SharedStatusPoller:
         async def listed(state: TesState) -> dict[str, TesState]:
             found: dict[str, TesState] = {}
             pages = self.hook.a_list_task_pages(
-                state=state, tags={COALESCE_TAG: ""}, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
+                state=state, tags=self.listing_tags, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:

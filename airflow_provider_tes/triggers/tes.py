@@ -49,6 +49,9 @@ class TesTaskTrigger(BaseTrigger):
         shown in the task log while it runs (``None``: no live logs).
     :param startup_timeout: seconds the task may stay QUEUED/INITIALIZING: a warning at half,
         then the TES task is canceled and a ``startup_timeout`` event sent (``None``: no limit).
+    :param deployment: the deployment tag the task was submitted with: the shared poller lists
+        only that deployment's tasks (``None``, e.g. a trigger deferred by an older provider
+        version: every task carrying the tag all submitted tasks carry).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class TesTaskTrigger(BaseTrigger):
         started_at: float | None = None,
         log_interval: float | None = None,
         startup_timeout: float | None = None,
+        deployment: str | None = None,
     ) -> None:
         super().__init__()
         self.tes_task_id = tes_task_id
@@ -71,6 +75,7 @@ class TesTaskTrigger(BaseTrigger):
         self.started_at = started_at
         self.log_interval = log_interval
         self.startup_timeout = startup_timeout
+        self.deployment = deployment
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -84,6 +89,7 @@ class TesTaskTrigger(BaseTrigger):
                 "started_at": self.started_at,
                 "log_interval": self.log_interval,
                 "startup_timeout": self.startup_timeout,
+                "deployment": self.deployment,
             },
         )
 
@@ -120,7 +126,7 @@ class TesTaskTrigger(BaseTrigger):
         return f"{time.time() - self.started_at:.1f}s" if self.started_at else "?"
 
     async def run(self) -> AsyncGenerator[TriggerEvent, None]:
-        poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval)
+        poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval, self.deployment)
         live = (
             LiveLog(poller.hook, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
         )
