@@ -3,8 +3,9 @@
 Brings up Airflow (api-server, scheduler, dag-processor, triggerer) with the provider, runs
 ``tes_test_live`` against Funnel, and drives Debian's Chromium through ``tests/browser/drive.js``
 (playwright-core, no browser download) to (1) fill in the new-connection form for a
-"GA4GH TES" connection and (2) open the finished task instance and follow its "TES Task"
-extra link. Screenshots land in ``tests/artifacts/screenshots/``.
+"GA4GH TES" connection, (2) open the finished task instance and follow its "TES Task"
+extra link and (3) watch the Logs tab of a deferred task fill with the lines the trigger
+streams from the TES executor. Screenshots land in ``tests/artifacts/screenshots/``.
 
 Needs ``scripts/install-browser.sh`` (Debian's chromium + ``npm ci`` in tests/browser); the
 test fails, never skips, when the browser is missing.
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from airflow_provider_tes.links import TES_TASK_LINK_KEY, TesOutputsLink, output
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from tests.support.airflow_env import TEST_DAGS, AirflowEnv, aws_connection, tes_connection
 from tests.support.airflow_services import AirflowServices
+from tests.test_live_airflow import COUNTED_LINE, LIVE_LOGS_DAG_ID, LIVE_LOGS_TASK_ID
 
 pytestmark = pytest.mark.funnel
 
@@ -42,6 +45,9 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 #: reaches the scheduler while the resumed run is RUNNING under the same try number, and
 #: Airflow 3.3 marks the task FAILED ("task-state-changed-externally").
 SLEEP_SECONDS = 15
+#: Lines (one a second) the live-logs task prints: it must still be deferred when the page has
+#: loaded and refreshed its log, on a busy machine.
+LIVE_LINES = 90
 #: Per UI element: the machine may be busy with other test runs.
 UI_TIMEOUT_MS = 120_000
 
@@ -192,3 +198,42 @@ def test_task_instance_tes_task_link_leads_to_the_task(ui: tuple[AirflowServices
         expected = outputs_link(outputs_url)
         assert services.xcom(DAG_ID, run_id, TASK_ID, key="tes_outputs_link") == expected
         assert result["links"]["TES Outputs"] == expected, result["links"]
+
+
+def _counted(lines: list[str]) -> list[int]:
+    return [int(n) for line in lines for n in COUNTED_LINE.findall(line)]
+
+
+def test_logs_tab_shows_lines_streamed_while_the_task_is_deferred(ui: tuple[AirflowServices, str]) -> None:
+    """The Logs tab of a deferred task (screenshot: docs/images/task-log-live-lines.png)."""
+    services, _ = ui
+    dag_id, task_id = LIVE_LOGS_DAG_ID, LIVE_LOGS_TASK_ID
+    run_id = services.trigger(dag_id, conf={"lines": LIVE_LINES})
+    services.wait_for_ti(dag_id, run_id, task_id, {"deferred"}, timeout=300)
+    deadline = time.monotonic() + 120
+    while len(COUNTED_LINE.findall(services.task_log(dag_id, run_id, task_id))) < 3:
+        assert time.monotonic() < deadline, "no streamed line reached the task log"
+        time.sleep(1)
+
+    result = _drive(
+        "task-log",
+        {
+            "airflow_url": services.url,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "task_id": task_id,
+            "streamed_marker": "stdout | ",
+            "min_lines": 3,
+            "viewport_height": 760,
+        },
+    )
+    state_after = services.task_instance(dag_id, run_id, task_id)["state"]
+    assert state_after == "deferred", "the page was read after the task stopped waiting"
+    assert result["state"] == "deferred", result
+    assert [Path(shot).name for shot in result["screenshots"]] == ["task-log-live-lines.png"]
+    first, shown = _counted(result["first_lines"]), _counted(result["lines"])
+    assert len(first) >= 3, result["first_lines"]
+    # In order, each once, and the page added newer lines by itself (no reload).
+    assert shown == list(range(shown[0], shown[-1] + 1)), result["lines"]
+    assert shown[-1] > max(first), result
+    assert services.wait_for_ti(dag_id, run_id, task_id, {"success", "failed"}, timeout=300) == "success"

@@ -19,6 +19,10 @@ pytestmark = pytest.mark.funnel
 
 DAG_ID = "tes_test_live"
 TASK_ID = "sleeper"
+#: tests/dags/tes_test_live_logs.py: one numbered line a second, streamed into the task log.
+LIVE_LOGS_DAG_ID = "tes_test_live_logs"
+LIVE_LOGS_TASK_ID = "counter"
+COUNTED_LINE = re.compile(r"stdout \| counted-(\d+)\b")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def test_mark_failed_while_deferred_cancels_the_tes_task(live: AirflowServices, 
     # trigger that no triggerer has picked up yet without calling anything. Wait until ours
     # logs the state it saw (in the task log, through the API).
     deadline = time.monotonic() + 120
-    while f"TES task {tes_id} is RUNNING" not in _task_log(live, DAG_ID, run_id, TASK_ID):
+    while f"TES task {tes_id} is RUNNING" not in live.task_log(DAG_ID, run_id, TASK_ID):
         assert time.monotonic() < deadline, "the triggerer never ran the trigger"
         time.sleep(1)
     live.set_ti_state(DAG_ID, run_id, TASK_ID, "failed")
@@ -105,27 +109,10 @@ def test_mark_failed_while_deferred_cancels_the_tes_task(live: AirflowServices, 
     assert _tasks_of_run(tes, run_id) == [tes_id]
 
 
-def _task_log(live: AirflowServices, dag_id: str, run_id: str, task_id: str) -> str:
-    """The task's log as the UI reads it (API, all of it), as text."""
-    answer = live.api(
-        "GET",
-        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
-        params={"full_content": "true"},
-        headers={"Accept": "application/json"},
-    )
-    content = answer.get("content", "") if isinstance(answer, dict) else answer
-    if isinstance(content, list):
-        return "\n".join(
-            str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry) for entry in content
-        )
-    return str(content)
-
-
 def test_live_logs_reach_the_task_log_while_it_runs(live: AirflowServices) -> None:
-    dag_id, task_id = "tes_test_live_logs", "counter"
+    dag_id, task_id, counted = LIVE_LOGS_DAG_ID, LIVE_LOGS_TASK_ID, COUNTED_LINE
     live.wait_for_dag(dag_id)
     run_id = live.trigger(dag_id)
-    counted = re.compile(r"stdout \| counted-(\d+)\b")
     seen_while_running: set[int] = set()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -133,9 +120,9 @@ def test_live_logs_reach_the_task_log_while_it_runs(live: AirflowServices) -> No
         if state in ("success", "failed"):
             break
         if state == "deferred":
-            seen_while_running |= {int(n) for n in counted.findall(_task_log(live, dag_id, run_id, task_id))}
+            seen_while_running |= {int(n) for n in counted.findall(live.task_log(dag_id, run_id, task_id))}
         time.sleep(1)
     assert live.wait_for_ti(dag_id, run_id, task_id, {"success", "failed"}, timeout=120) == "success"
     assert len(seen_while_running) >= 10, f"only {sorted(seen_while_running)} were in the log while it ran"
-    final = [int(n) for n in counted.findall(_task_log(live, dag_id, run_id, task_id))]
+    final = [int(n) for n in counted.findall(live.task_log(dag_id, run_id, task_id))]
     assert sorted(final) == list(range(1, 21)), final  # all 20, each exactly once

@@ -4,6 +4,7 @@
 //   node drive.js connection-form   < config.json
 //   node drive.js task-instance     < config.json
 //   node drive.js tes-view          < config.json   (Airflow JWT in $AIRFLOW_TOKEN)
+//   node drive.js task-log          < config.json
 //
 // The config (JSON on stdin) carries the Airflow URL, the screenshot folder and, for
 // task-instance, the run and the TES basic-auth credentials. Prints one JSON object with
@@ -174,9 +175,47 @@ async function tesView(config) {
   });
 }
 
+// (4) A deferred task's Logs tab: the lines the trigger streams from the TES executor.
+// Runs in the page: are `wanted` rendered log lines after line `after` ones with the marker?
+// (The list is virtual: only the lines in view are in the DOM.)
+function hasStreamed({ marker, after, wanted }) {
+  const items = [...document.querySelectorAll('[data-testid^="virtualized-item-"]')];
+  return items.filter((el) => Number(el.dataset.index) > after && el.innerText.includes(marker)).length >= wanted;
+}
+
+async function taskLog(config) {
+  return withPage(config, {}, async (page) => {
+    const run = encodeURIComponent(config.run_id);
+    // The task instance page opens on its Logs tab.
+    await page.goto(`${config.airflow_url}/dags/${config.dag_id}/runs/${run}/tasks/${config.task_id}`);
+    const marker = config.streamed_marker;
+    const streamed = page.locator('[data-testid^="virtualized-item-"]').filter({ hasText: marker });
+    const shown = async () => (await streamed.allInnerTexts()).map((text) => text.replace(/\s+/g, ' ').trim());
+    await page.waitForFunction(hasStreamed, { marker, after: -1, wanted: config.min_lines });
+    const first = await shown();
+    // The UI refetches the log of a task that has not finished: a newer line shows up by itself.
+    const last = Math.max(...(await streamed.evaluateAll((els) => els.map((el) => Number(el.dataset.index)))));
+    await page.waitForFunction(hasStreamed, { marker, after: last, wanted: 1 });
+    await streamed.last().scrollIntoViewIfNeeded();
+    await page.waitForTimeout(300); // let the virtual list settle before the screenshot
+    const lines = await shown();
+    // The state badge next to the task's name, as the page showed it with these lines.
+    const badge = page.getByText(/^(running|deferred|success|failed|queued|scheduled)$/i).first();
+    const state = (await badge.innerText()).trim().toLowerCase();
+    const shot = path.join(config.screenshot_dir, 'task-log-live-lines.png');
+    await page.screenshot({ path: shot });
+    return { first_lines: first, lines, state, screenshots: [shot] };
+  });
+}
+
 async function main() {
   const mode = process.argv[2];
-  const steps = { 'connection-form': connectionForm, 'task-instance': taskInstance, 'tes-view': tesView };
+  const steps = {
+    'connection-form': connectionForm,
+    'task-instance': taskInstance,
+    'tes-view': tesView,
+    'task-log': taskLog,
+  };
   if (!steps[mode]) throw new Error(`usage: drive.js ${Object.keys(steps).join('|')} < config.json`);
   const config = readConfig();
   fs.mkdirSync(config.screenshot_dir, { recursive: true });

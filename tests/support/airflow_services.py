@@ -160,6 +160,21 @@ class AirflowServices:
             json={"new_state": state},
         )
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The task's log as the UI reads it (API, all of it), as text."""
+        answer = self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": "true"},
+            headers={"Accept": "application/json"},
+        )
+        content = answer.get("content", "") if isinstance(answer, dict) else answer
+        if isinstance(content, list):
+            return "\n".join(
+                str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry) for entry in content
+            )
+        return str(content)
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
         return entry["value"]
