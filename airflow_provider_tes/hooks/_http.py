@@ -32,7 +32,14 @@ from airflow_provider_tes.exceptions import (
     TesResponseTooLargeError,
     TesServerUnavailableError,
 )
-from airflow_provider_tes.models import TesListTasksResponse, TesModel, TesTask, TesView, from_minimal_json
+from airflow_provider_tes.models import (
+    TesListTasksResponse,
+    TesModel,
+    TesTask,
+    TesTaskStatesPage,
+    TesView,
+    from_minimal_json,
+)
 
 M = TypeVar("M", bound=TesModel)
 E = TypeVar("E", bound=TesRequestError)
@@ -66,7 +73,7 @@ class Request(Generic[M]):
     def minimal(self) -> bool:
         """Whether the answer is read as id and state only (see ``models.from_minimal_json``)."""
         return ("view", TesView.MINIMAL.value) in self.params and issubclass(
-            self.model, TesTask | TesListTasksResponse
+            self.model, TesTask | TesListTasksResponse | TesTaskStatesPage
         )
 
     def where(self, conn: TesConnection) -> str:

@@ -6,9 +6,9 @@ safe to resend, and the paging rules of ListTasks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 from airflow_provider_tes.connection import TesConnection
@@ -22,6 +22,7 @@ from airflow_provider_tes.models import (
     TesServiceInfo,
     TesState,
     TesTask,
+    TesTaskStatesPage,
     TesView,
 )
 
@@ -78,36 +79,50 @@ def list_params(
     return tuple(params)
 
 
+Page = TypeVar("Page", TesListTasksResponse, TesTaskStatesPage)
+
+
 @dataclass
-class Pager:
+class Pager(Generic[Page]):
     """Where a listing is: the request for the next page, what is new on a page, and when to stop.
 
     The listing ends on an empty token or an empty page. It is bounded: a token seen before, a
     page that brings no task not listed already (a server ignoring ``page_token``), or more
-    than the connection's ``max_pages`` pages raise :class:`TesListingTooLongError`.
+    than the connection's ``max_pages`` pages raise :class:`TesListingTooLongError`. Pages are
+    read as ``model``: whole tasks, or (:class:`TesTaskStatesPage`) states by id.
     """
 
     params: Params
     conn: TesConnection
+    model: type[Page]
     token: str | None = None
     pages: int = 0
     seen_tokens: set[str] = field(default_factory=set)
     seen_ids: set[str] = field(default_factory=set)
 
-    def request(self) -> Request[TesListTasksResponse]:
+    def request(self) -> Request[Page]:
         params = (*self.params, ("page_token", self.token)) if self.token else self.params
-        return Request("GET", "tasks", TesListTasksResponse, params=params)
+        return Request("GET", "tasks", self.model, params=params)
 
     def fresh(self, page: TesListTasksResponse, req: Request[Any]) -> list[TesTask]:
         """The tasks of ``page`` not listed before (a task moved across a page edge is listed once)."""
-        self.pages += 1
         new = [task for task in page.tasks if task.id is None or task.id not in self.seen_ids]
-        if self.pages > 1 and page.tasks and not new:
-            raise self._too_long(req, "the server sent a page of tasks it had listed already")
-        self.seen_ids.update(task.id for task in new if task.id is not None)
+        self._admit([task.id for task in new if task.id is not None], bool(new), bool(page.tasks), req)
         return new
 
-    def advance(self, page: TesListTasksResponse, req: Request[Any]) -> bool:
+    def fresh_states(self, page: TesTaskStatesPage, req: Request[Any]) -> dict[str, TesState | None]:
+        """:meth:`fresh` for a page of states."""
+        new = {task_id: state for task_id, state in page.tasks.items() if task_id not in self.seen_ids}
+        self._admit(new, bool(new), bool(page.tasks), req)
+        return new
+
+    def _admit(self, new_ids: Iterable[str], any_new: bool, listed_any: bool, req: Request[Any]) -> None:
+        self.pages += 1
+        if self.pages > 1 and listed_any and not any_new:
+            raise self._too_long(req, "the server sent a page of tasks it had listed already")
+        self.seen_ids.update(new_ids)
+
+    def advance(self, page: Page, req: Request[Any]) -> bool:
         """Take ``page``'s token; whether there is a next page."""
         token = page.next_page_token
         if not token or not page.tasks:

@@ -46,7 +46,14 @@ from airflow_provider_tes.hooks._http import (
     transport_failure,
 )
 from airflow_provider_tes.hooks._requests import TaskFilter
-from airflow_provider_tes.models import TesServiceInfo, TesTask, TesView
+from airflow_provider_tes.models import (
+    TesListTasksResponse,
+    TesServiceInfo,
+    TesState,
+    TesTask,
+    TesTaskStatesPage,
+    TesView,
+)
 from airflow_provider_tes.redaction import Scrubber
 
 
@@ -334,7 +341,7 @@ class TesHook(BaseHook):
         """Every matching task (name prefix, state, tags, view, page size), following page tokens
         until an empty token or empty page."""
         params = _requests.list_params(**select)
-        pager = _requests.Pager(params, self.settings)
+        pager = _requests.Pager(params, self.settings, TesListTasksResponse)
         while True:
             req = pager.request()
             page = self._call(req)
@@ -423,20 +430,30 @@ class TesHook(BaseHook):
         await self._a_call(_requests.cancel_task(task_id))
 
     async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncIterator[TesTask]:
-        async with contextlib.aclosing(self.a_list_task_pages(**select)) as pages:
-            async for page in pages:
-                for task in page:
-                    yield task
-
-    async def a_list_task_pages(self, **select: Unpack[TaskFilter]) -> AsyncGenerator[list[TesTask], None]:
-        """:meth:`a_list_tasks` a page at a time, for a caller that may stop after any page
-        (the poller reads a long history of ended tasks only while its pages are of use)."""
         params = _requests.list_params(**select)
-        pager = _requests.Pager(params, await self.a_settings())
+        pager = _requests.Pager(params, await self.a_settings(), TesListTasksResponse)
         while True:
             req = pager.request()
             page = await self._a_call(req)
-            yield pager.fresh(page, req)
+            for task in pager.fresh(page, req):
+                yield task
+            if not pager.advance(page, req):
+                return
+
+    async def a_list_task_states(
+        self, *, state: TesState, tags: Mapping[str, str], page_size: int | None = None
+    ) -> AsyncGenerator[dict[str, TesState | None], None]:
+        """The states by id of the tasks in ``state`` with ``tags`` (MINIMAL view), a page at a
+        time: what the shared poller reads every round, kept light for the garbage collector
+        (see :class:`~airflow_provider_tes.models.TesTaskStatesPage`); the caller may stop
+        after any page. A state that is not a TES state is ``None``.
+        """
+        params = _requests.list_params(state=state, tags=tags, view=TesView.MINIMAL, page_size=page_size)
+        pager = _requests.Pager(params, await self.a_settings(), TesTaskStatesPage)
+        while True:
+            req = pager.request()
+            page = await self._a_call(req)
+            yield pager.fresh_states(page, req)
             if not pager.advance(page, req):
                 return
 

@@ -78,6 +78,8 @@ BULK_MIN_HITS_PER_PAGE = 32
 MAX_LISTING_BACKOFF_ROUNDS = 32
 #: Event-loop fairness: long loops over tasks yield to the loop every this many tasks.
 CHUNK = 2000
+#: Tasks per listing page: the most TES allows.
+PAGE_SIZE = MAX_PAGE_SIZE - 1
 
 T = TypeVar("T")
 
@@ -326,15 +328,15 @@ class SharedStatusPoller:
 
         async def listed(state: TesState) -> dict[str, TesState]:
             found: dict[str, TesState] = {}
-            seen = 0
-            async for task in self.hook.a_list_tasks(
-                state=state, tags=self.listing_tags, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
-            ):
-                if task.id in watched and task.state not in (None, TesState.UNKNOWN):
-                    found[task.id] = task.state
-                seen += 1
-                if seen % CHUNK == 0:
-                    await asyncio.sleep(0)
+            pages = self.hook.a_list_task_states(state=state, tags=self.listing_tags, page_size=PAGE_SIZE)
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    found.update(
+                        (task_id, listed)
+                        for task_id, listed in page.items()
+                        if task_id in watched and listed not in (None, TesState.UNKNOWN)
+                    )
+                    await asyncio.sleep(0)  # a page is a few ms of work; the loop has its turn
             return found
 
         parts = await asyncio.gather(
@@ -369,22 +371,20 @@ class SharedStatusPoller:
 
         async def listed(state: TesState) -> dict[str, TesState]:
             found: dict[str, TesState] = {}
-            pages = self.hook.a_list_task_pages(
-                state=state, tags=self.listing_tags, view=TesView.MINIMAL, page_size=MAX_PAGE_SIZE - 1
-            )
+            pages = self.hook.a_list_task_states(state=state, tags=self.listing_tags, page_size=PAGE_SIZE)
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    hits = 0
-                    for n, task in enumerate(page, 1):
-                        # The entry's own state decides (a server may ignore the state filter).
-                        if task.id in remaining and task.state is not None and task.state.is_terminal:
-                            found[task.id] = task.state
-                            remaining.discard(task.id)
-                            hits += 1
-                        if n % CHUNK == 0:
-                            await asyncio.sleep(0)
-                    if not remaining or hits < BULK_MIN_HITS_PER_PAGE:
+                    # The entry's own state decides (a server may ignore the state filter).
+                    hits = {
+                        task_id: ended
+                        for task_id, ended in page.items()
+                        if task_id in remaining and ended is not None and ended.is_terminal
+                    }
+                    found.update(hits)
+                    remaining.difference_update(hits)
+                    if not remaining or len(hits) < BULK_MIN_HITS_PER_PAGE:
                         break
+                    await asyncio.sleep(0)
             return found
 
         parts = await asyncio.gather(
