@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--b1-backend",
         choices=["auto", "funnel", "stub"],
-        default="auto",
-        help="B1 TES backend: Funnel (noop compute) unless creating N tasks takes > 3 min (auto)",
+        default="stub",
+        help="B1 TES backend: the stub (Funnel-sized answers; default), Funnel (noop compute) behind "
+        "the counting proxy, or auto: Funnel unless creating N tasks there takes > 3 min",
     )
     parser.add_argument("--b1-sizes", default="", help="override B1 task counts, e.g. 1000,10000")
     parser.add_argument(

@@ -7,6 +7,7 @@ tests run the same poller against Funnel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -543,21 +544,36 @@ async def test_a_round_does_not_wait_for_its_lookups(fake: FakeTes) -> None:
         assert fake.calls["get"] == 30, "each ended task was fetched once"
 
 
+@contextlib.asynccontextmanager
+async def _watching(
+    fake: FakeTes, poller: SharedStatusPoller, ids: list[str]
+) -> AsyncIterator[list[asyncio.Queue[Any]]]:
+    """``ids`` running on the server and watched, their first state delivered."""
+    for task_id in ids:
+        fake.add(task_id)
+    async with contextlib_watch_all(poller, ids) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        yield queues
+
+
+def _end(fake: FakeTes, states: dict[str, str]) -> None:
+    """The tasks end on the server; what is counted from here is what the poller does about it."""
+    for task_id, state in states.items():
+        fake.tasks[task_id]["state"] = state
+    fake.calls.clear()
+    fake.listings.clear()
+
+
 async def test_a_wave_of_endings_is_resolved_by_listing_the_ended_states(
     fake: FakeTes, poller: SharedStatusPoller
 ) -> None:
     """Many tasks gone from the active listings at once cost one listing per terminal state,
     not a GET each; every task gets its own terminal state once."""
     ids = [f"t{i}" for i in range(3 * BULK_MIN)]
-    for task_id in ids:
-        fake.add(task_id)
-    async with contextlib_watch_all(poller, ids) as queues:
-        await asyncio.gather(*(_next(q) for q in queues))
+    async with _watching(fake, poller, ids) as queues:
         ended = {task_id: "COMPLETE" for task_id in ids[: 2 * BULK_MIN]}
         ended |= {task_id: "EXECUTOR_ERROR" for task_id in ids[2 * BULK_MIN : 2 * BULK_MIN + 5]}
-        for task_id, state in ended.items():
-            fake.tasks[task_id]["state"] = state
-        fake.calls.clear()
+        _end(fake, ended)
         await poller.poll_once()
         assert fake.calls["get"] == 0
         assert fake.calls["list"] == len(LISTED_STATES) + len(ENDED_STATES)
@@ -575,14 +591,8 @@ async def test_a_long_history_of_ended_tasks_is_not_read_through(
     for i in range(3000):
         fake.add(f"old{i}", "COMPLETE")
     ids = [f"t{i}" for i in range(2 * BULK_MIN)]
-    for task_id in ids:
-        fake.add(task_id)
-    async with contextlib_watch_all(poller, ids) as queues:
-        await asyncio.gather(*(_next(q) for q in queues))
-        for task_id in ids:
-            fake.tasks[task_id]["state"] = "COMPLETE"
-        fake.calls.clear()
-        fake.listings.clear()
+    async with _watching(fake, poller, ids) as queues:
+        _end(fake, dict.fromkeys(ids, "COMPLETE"))
         await poller.poll_once()
         assert fake.listings["COMPLETE"] == 1, "one page of someone else's history, then GETs"
         assert fake.calls["get"] == len(ids)
@@ -596,13 +606,8 @@ async def test_a_refused_listing_of_ended_tasks_leaves_them_to_gets(
     fake: FakeTes, poller: SharedStatusPoller
 ) -> None:
     ids = [f"t{i}" for i in range(2 * BULK_MIN)]
-    for task_id in ids:
-        fake.add(task_id)
-    async with contextlib_watch_all(poller, ids) as queues:
-        await asyncio.gather(*(_next(q) for q in queues))
-        for task_id in ids:
-            fake.tasks[task_id]["state"] = "SYSTEM_ERROR"
-        fake.calls.clear()
+    async with _watching(fake, poller, ids) as queues:
+        _end(fake, dict.fromkeys(ids, "SYSTEM_ERROR"))
         fake.refused_states = {state.value for state in ENDED_STATES}
         await poller.poll_once()
         updates = await asyncio.gather(*(_next(q) for q in queues))
@@ -615,19 +620,12 @@ async def test_while_endings_keep_coming_ended_states_are_listed_beside_the_acti
 ) -> None:
     """Like triggers, each watcher leaves once its task has ended."""
     ids = [f"t{i}" for i in range(6 * BULK_MIN)]
-    for task_id in ids:
-        fake.add(task_id)
     waves = [ids[: 2 * BULK_MIN], ids[2 * BULK_MIN : 4 * BULK_MIN], [], []]
-    async with contextlib_watch_all(poller, ids[4 * BULK_MIN :]) as staying:
-        await asyncio.gather(*(_next(q) for q in staying))
+    async with _watching(fake, poller, ids[4 * BULK_MIN :]):
         seen = []
         for wave in waves:
-            async with contextlib_watch_all(poller, wave) as queues:
-                await asyncio.gather(*(_next(q) for q in queues))
-                for task_id in wave:
-                    fake.tasks[task_id]["state"] = "COMPLETE"
-                fake.listings.clear()
-                fake.calls.clear()
+            async with _watching(fake, poller, wave) as queues:
+                _end(fake, dict.fromkeys(wave, "COMPLETE"))
                 await poller.poll_once()
                 seen.append((fake.listings["COMPLETE"], fake.calls["get"]))
                 assert [(await _next(q)).state for q in queues] == [TesState.COMPLETE] * len(wave)

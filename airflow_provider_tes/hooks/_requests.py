@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 from airflow_provider_tes.connection import TesConnection
@@ -80,6 +80,19 @@ def list_params(
 
 
 Page = TypeVar("Page", TesListTasksResponse, TesTaskStatesPage)
+
+
+def task_pager(conn: TesConnection, **select: Unpack[TaskFilter]) -> Pager[TesListTasksResponse]:
+    """A listing of whole tasks (in the view asked for)."""
+    return Pager(list_params(**select), conn, TesListTasksResponse)
+
+
+def state_pager(
+    conn: TesConnection, *, state: TesState, tags: Mapping[str, str], page_size: int | None
+) -> Pager[TesTaskStatesPage]:
+    """A MINIMAL listing read as states by id (see :class:`TesTaskStatesPage`)."""
+    params = list_params(state=state, tags=tags, view=TesView.MINIMAL, page_size=page_size)
+    return Pager(params, conn, TesTaskStatesPage)
 
 
 @dataclass

@@ -46,14 +46,7 @@ from airflow_provider_tes.hooks._http import (
     transport_failure,
 )
 from airflow_provider_tes.hooks._requests import TaskFilter
-from airflow_provider_tes.models import (
-    TesListTasksResponse,
-    TesServiceInfo,
-    TesState,
-    TesTask,
-    TesTaskStatesPage,
-    TesView,
-)
+from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesView
 from airflow_provider_tes.redaction import Scrubber
 
 
@@ -340,8 +333,7 @@ class TesHook(BaseHook):
     def list_tasks(self, **select: Unpack[TaskFilter]) -> Iterator[TesTask]:
         """Every matching task (name prefix, state, tags, view, page size), following page tokens
         until an empty token or empty page."""
-        params = _requests.list_params(**select)
-        pager = _requests.Pager(params, self.settings, TesListTasksResponse)
+        pager = _requests.task_pager(self.settings, **select)
         while True:
             req = pager.request()
             page = self._call(req)
@@ -430,8 +422,7 @@ class TesHook(BaseHook):
         await self._a_call(_requests.cancel_task(task_id))
 
     async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncIterator[TesTask]:
-        params = _requests.list_params(**select)
-        pager = _requests.Pager(params, await self.a_settings(), TesListTasksResponse)
+        pager = _requests.task_pager(await self.a_settings(), **select)
         while True:
             req = pager.request()
             page = await self._a_call(req)
@@ -448,8 +439,7 @@ class TesHook(BaseHook):
         (see :class:`~airflow_provider_tes.models.TesTaskStatesPage`); the caller may stop
         after any page. A state that is not a TES state is ``None``.
         """
-        params = _requests.list_params(state=state, tags=tags, view=TesView.MINIMAL, page_size=page_size)
-        pager = _requests.Pager(params, await self.a_settings(), TesTaskStatesPage)
+        pager = _requests.state_pager(await self.a_settings(), state=state, tags=tags, page_size=page_size)
         while True:
             req = pager.request()
             page = await self._a_call(req)
