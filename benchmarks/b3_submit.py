@@ -65,7 +65,11 @@ def run(*, quick: bool, tmp: Path, log: Any) -> tuple[list[Row], dict[str, Any]]
 
         def operator_submit(i: int, transport: httpx.BaseTransport | None = None) -> tuple[float, str]:
             op = TesTaskOperator(
-                task_id="submit", image="alpine:3.20", command="echo hello", tes_conn_id=CONN_ID
+                task_id="submit",
+                image="alpine:3.20",
+                command="echo hello",
+                tes_conn_id=CONN_ID,
+                deferrable=True,  # measured up to the deferral ([operators] default_deferrable is off)
             )
             if transport is not None:
                 op.hook = TesHook(CONN_ID, transport=transport)
