@@ -22,7 +22,7 @@ import structlog.testing
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
-from airflow_provider_tes.triggers import polling as polling_module
+from airflow_provider_tes.triggers import clients as clients_module
 from airflow_provider_tes.triggers.polling import LISTED_STATES
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.tes_proxy import TesProxy
@@ -137,8 +137,8 @@ class _RecordingHook(TesHook):
 @pytest.fixture
 def recording_hook(monkeypatch: pytest.MonkeyPatch) -> type[_RecordingHook]:
     _RecordingHook.instances = []
-    # The trigger's status polls go through the shared poller, which owns the hook.
-    monkeypatch.setattr(polling_module, "TesHook", _RecordingHook)
+    # The trigger's status polls go through the shared poller, whose client comes from clients.py.
+    monkeypatch.setattr(clients_module, "TesHook", _RecordingHook)
     return _RecordingHook
 
 
@@ -486,7 +486,7 @@ class _BrokenHostHook(TesHook):
 async def test_cancel_reaches_on_kill_while_the_poller_fails(
     monkeypatch: pytest.MonkeyPatch, direct: TesHook, conn: str
 ) -> None:
-    monkeypatch.setattr(polling_module, "TesHook", _BrokenHostHook)
+    monkeypatch.setattr(clients_module, "TesHook", _BrokenHostHook)
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "broken"))
     assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)  # default outage budget: 600 s

@@ -39,7 +39,6 @@ import collections
 import contextlib
 import functools
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -53,6 +52,7 @@ from airflow_provider_tes.exceptions import (
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import COALESCE_TAG, DEPLOYMENT_TAG
 from airflow_provider_tes.models import MAX_PAGE_SIZE, TesState, TesView
+from airflow_provider_tes.triggers.clients import acquire_hook, release_hook
 
 log = logging.getLogger(__name__)
 
@@ -99,52 +99,6 @@ class _Watch:
     last: TesState | TesError | None = None
 
 
-#: Per event loop (weakly: a loop that ends takes its entry along), per connection: the
-#: client and how many pollers use it.
-_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[TesHook, int]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _acquire_hook(tes_conn_id: str) -> TesHook:
-    """The connection's client in this loop, shared by the pollers of every interval."""
-    hooks = _HOOKS.setdefault(asyncio.get_running_loop(), {})
-    hook, users = hooks.get(tes_conn_id, (None, 0))
-    if hook is None:
-        hook = TesHook(tes_conn_id)
-    hooks[tes_conn_id] = (hook, users + 1)
-    return hook
-
-
-async def _release_hook(tes_conn_id: str) -> None:
-    """Done with the client: the last user closes it, so an idle triggerer holds no sockets."""
-    hooks = _HOOKS.get(asyncio.get_running_loop(), {})
-    hook, users = hooks.get(tes_conn_id, (None, 0))
-    if hook is None:
-        return
-    if users > 1:
-        hooks[tes_conn_id] = (hook, users - 1)
-        return
-    del hooks[tes_conn_id]
-    await hook.aclose()
-
-
-@contextlib.asynccontextmanager
-async def borrowed_hook(tes_conn_id: str) -> AsyncIterator[TesHook]:
-    """The connection's live client for one call (a new one when no poller has one), held so
-    that pollers ending meanwhile do not close it under the call.
-
-    For the triggers' cancel path: marking many deferred tasks failed at once cancels them one
-    after another while the others still poll, so each cancel reuses the pollers' client
-    instead of setting up TLS (tens of milliseconds of blocking work) on the event loop.
-    """
-    hook = _acquire_hook(tes_conn_id)
-    try:
-        yield hook
-    finally:
-        await _release_hook(tes_conn_id)
-
-
 def _unexpected(err: BaseException, what: str) -> TesServerUnavailableError:
     """An unexpected failure as an error a watcher counts against its outage budget."""
     return TesServerUnavailableError(f"{what} failed unexpectedly ({type(err).__name__}: {err})")
@@ -163,7 +117,7 @@ class SharedStatusPoller:
         #: The tag filter of every listing.
         self.listing_tags = {DEPLOYMENT_TAG: deployment} if deployment else {COALESCE_TAG: ""}
         self._shares_hook = hook is None
-        self.hook = hook or _acquire_hook(tes_conn_id)
+        self.hook = hook or acquire_hook(tes_conn_id)
         self.watches: dict[str, list[_Watch]] = {}
         self.rounds = 0
         #: Refused listings in a row, and the first round that lists again.
@@ -243,7 +197,7 @@ class SharedStatusPoller:
                 log.warning("TES poller task of %s had failed: %r", self.tes_conn_id, task.exception())
         try:
             if self._shares_hook:
-                await _release_hook(self.tes_conn_id)
+                await release_hook(self.tes_conn_id)
             else:
                 await self.hook.aclose()
         except Exception as err:

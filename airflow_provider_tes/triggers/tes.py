@@ -21,7 +21,8 @@ from airflow_provider_tes.exceptions import (
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState, TesView
 from airflow_provider_tes.redaction import system_logs as redacted_system_logs
-from airflow_provider_tes.triggers.polling import SharedStatusPoller, StatusUpdate, borrowed_hook
+from airflow_provider_tes.triggers.clients import borrowed_hook
+from airflow_provider_tes.triggers.polling import SharedStatusPoller, StatusUpdate
 from airflow_provider_tes.triggers.progress import LiveLog, StartupClock
 
 #: How long polls may keep failing (transport errors, 5xx, garbled bodies) before the wait
