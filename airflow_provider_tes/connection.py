@@ -132,11 +132,13 @@ class TesConnectionExtras(BaseModel):
     """Every key of the connection's extra JSON that the provider reads, with its form metadata.
 
     ``title`` is the form label and the attribute's docstring its help text; the JSON schema of
-    this model becomes the connection form. Unknown keys are ignored (Airflow's UI adds its own).
+    this model becomes the connection form, fields in this order (related ones together). Unknown
+    keys are ignored (Airflow's UI adds its own).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
+    # Who the provider is to the server, and which of its tasks are this deployment's.
     auth_type: Annotated[
         Literal["auto", "none", "basic", "bearer", "oauth2"], BeforeValidator(_auth_type)
     ] = Field("auto", title="Auth type")
@@ -149,12 +151,16 @@ class TesConnectionExtras(BaseModel):
     """Client-credentials token endpoint (auth type oauth2); tokens are renewed before they expire."""
     scope: Text = Field(None, title="OAuth2 scope")
     """Scope requested with oauth2 (optional)."""
+    tenant_secret: Secret = Field(None, title="Tenant secret")
+    """Key of the tag that marks this deployment's tasks, so a retry adopts only its own (default:
+    [tes] tenant_secret, then [core] fernet_key, then the credential). Kept secret."""
+    # How requests travel, and how much any one may take.
+    protocol: Text = Field(None, title="Protocol")
+    """http or https, for a host given without scheme (default https)."""
     verify: Flag = Field(True, title="Verify TLS")
     """Verify the server's TLS certificate."""
     ca_bundle: Text = Field(None, title="CA bundle path")
     """PEM file of CAs to trust for the TES URL."""
-    protocol: Text = Field(None, title="Protocol")
-    """http or https, for a host given without scheme (default https)."""
     timeout: Seconds = Field(DEFAULT_TIMEOUT, title="Timeout (s)")
     """Longest time one request may take, its whole answer included."""
     retries: Count = Field(DEFAULT_RETRIES, title="Retries")
@@ -165,11 +171,13 @@ class TesConnectionExtras(BaseModel):
     """Largest answer the provider reads; a larger one fails like a bad answer."""
     max_pages: PositiveCount = Field(DEFAULT_MAX_PAGES, title="Max pages per listing")
     """Most pages one task listing may take before it is treated as a bad answer."""
+    # How a running task is watched.
+    poll_interval: Seconds = Field(DEFAULT_POLL_INTERVAL, title="Poll interval (s)")
+    """Default seconds between status polls."""
     log_interval: SecondsOrOff = Field(DEFAULT_LOG_INTERVAL, title="Live log interval (s)")
     """Seconds between reads of a running task's executor log, shown in the Airflow task log while
     it runs; 0 or empty turns live logs off."""
-    poll_interval: Seconds = Field(DEFAULT_POLL_INTERVAL, title="Poll interval (s)")
-    """Default seconds between status polls."""
+    # Where files go in and out, and which local files may go.
     inputs_url: Text = Field(None, title="Inputs URL")
     """Where local inputs are staged, e.g. s3://bucket/tes/inputs/"""
     outputs_url: Text = Field(None, title="Outputs URL")
@@ -179,9 +187,7 @@ class TesConnectionExtras(BaseModel):
     allowed_local_roots: Roots = Field(None, title="Allowed local roots")
     """Comma-separated worker directories that local inputs may come from; any other local path is
     refused (recommended when inputs come from run configuration)."""
-    tenant_secret: Secret = Field(None, title="Tenant secret")
-    """Key of the tag that marks this deployment's tasks, so a retry adopts only its own (default:
-    [tes] tenant_secret, then [core] fernet_key, then the credential). Kept secret."""
+    # What the Airflow UI links to.
     task_link_template: Text = Field(None, title="Task link template")
     """URL of the 'TES Task' link; {base_url}, {origin} and {task_id} are replaced, e.g.
     {origin}/tasks/{task_id} for Funnel's dashboard."""

@@ -68,15 +68,17 @@ class TesTaskTrigger(BaseTrigger):
         deployment: str | None = None,
     ) -> None:
         super().__init__()
+        # What is watched, and where.
         self.tes_task_id = tes_task_id
         self.tes_conn_id = tes_conn_id
-        self.poll_interval = float(poll_interval)
-        self.deadline = deadline
-        self.outage_budget = float(outage_budget)
+        self.deployment = deployment
         self.started_at = started_at
+        # How often and how long, in seconds; None means no limit (or no live logs).
+        self.poll_interval = float(poll_interval)
+        self.outage_budget = float(outage_budget)
+        self.deadline = deadline
         self.log_interval = log_interval
         self.startup_timeout = startup_timeout
-        self.deployment = deployment
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -84,13 +86,13 @@ class TesTaskTrigger(BaseTrigger):
             {
                 "tes_task_id": self.tes_task_id,
                 "tes_conn_id": self.tes_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "outage_budget": self.outage_budget,
+                "deployment": self.deployment,
                 "started_at": self.started_at,
+                "poll_interval": self.poll_interval,
+                "outage_budget": self.outage_budget,
+                "deadline": self.deadline,
                 "log_interval": self.log_interval,
                 "startup_timeout": self.startup_timeout,
-                "deployment": self.deployment,
             },
         )
 
