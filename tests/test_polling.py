@@ -148,6 +148,28 @@ async def test_one_listing_per_active_state_for_many_tasks(fake: FakeTes, poller
         assert update.state is TesState.COMPLETE
 
 
+async def test_the_poller_counts_every_listed_task_watched_or_not(
+    fake: FakeTes, poller: SharedStatusPoller
+) -> None:
+    """Live logs choose between a listing and GETs by these counts (see ``LogReads``)."""
+    for i in range(5):
+        fake.add(f"w{i}")
+    for i in range(7):
+        fake.add(f"other{i}")  # running, watched by no one here
+    fake.add("q", state="QUEUED")
+    assert poller.listed_count(TesState.RUNNING) is None, "nothing listed yet"
+    async with contextlib_watch_all(poller, [f"w{i}" for i in range(5)]) as queues:
+        await asyncio.gather(*(_next(q) for q in queues))
+        assert poller.listed_count(TesState.RUNNING) == 12
+        assert poller.listed_count(TesState.QUEUED) == 1
+        assert poller.listed_count(TesState.INITIALIZING) == 0
+        assert poller.last_state("w0") is TesState.RUNNING
+        assert poller.last_state("other0") is None
+        fake.refused_states = {"RUNNING"}
+        await poller.poll_once()
+        assert poller.listed_count(TesState.RUNNING) is None, "a failed listing counts nothing"
+
+
 async def test_slow_listings_run_side_by_side_and_keep_the_cadence(fake: FakeTes) -> None:
     """A listing that takes a while (thousands of tasks) neither adds up per state nor delays rounds."""
     delay, interval, window = 0.3, 0.4, 2.4

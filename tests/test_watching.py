@@ -19,8 +19,10 @@ import structlog.testing
 
 from airflow_provider_tes.exceptions import TesStartupTimeoutError
 from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.identity import DEPLOYMENT_TAG
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.operators.tes import TesTaskOperator
+from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.airflow_env import aws_connection, tes_connection
 from tests.support.inprocess import task_context
@@ -70,6 +72,56 @@ async def test_live_lines_appear_while_running_each_once(conns: str) -> None:
     assert len(seen_while_running) >= 3, "lines must appear while the task runs, not only at its end"
     assert events[0].payload["state"] == "COMPLETE"
     assert events[0].payload["lines_shown"] == 8
+
+
+async def test_live_lines_of_several_tasks_come_from_funnels_full_listing(
+    monkeypatch: pytest.MonkeyPatch, conns: str
+) -> None:
+    """Followed tasks that are all of their deployment's running ones are read by one FULL
+    listing per interval: Funnel's listing carries each executor's stdout as its GET does."""
+    deployment = f"watch-{uuid.uuid4().hex[:8]}"
+    listed: list[int] = []
+    real_list = LogReads._list_followed
+
+    async def counted(self: LogReads, state: TesState) -> dict[str, TesTask]:
+        found = await real_list(self, state)
+        listed.append(sum(1 for t in found.values() if t.last_log and t.last_log.logs[-1].stdout))
+        return found
+
+    monkeypatch.setattr(LogReads, "_list_followed", counted)
+    tasks = LIST_MIN_FOLLOWED
+    with TesHook(conns) as hook:
+        ids = [
+            hook.create_task(
+                TesTask(
+                    name=f"live-{deployment}-{k}",
+                    tags={DEPLOYMENT_TAG: deployment},
+                    executors=[
+                        TesExecutor(
+                            image="alpine:3.20",
+                            command=["/bin/sh", "-c", NUMBERED.replace("line-", f"t{k}-")],
+                        )
+                    ],
+                )
+            )
+            for k in range(tasks)
+        ]
+    triggers = [
+        TesTaskTrigger(i, conns, poll_interval=0.5, log_interval=0.5, deployment=deployment) for i in ids
+    ]
+
+    async def events_of(trigger: TesTaskTrigger) -> list[Any]:
+        return [event async for event in trigger.run()]
+
+    with structlog.testing.capture_logs() as logs:
+        events = await asyncio.wait_for(asyncio.gather(*(events_of(t) for t in triggers)), 120)
+    assert [e[0].payload["state"] for e in events] == ["COMPLETE"] * tasks
+    lines = [e for e in _events(logs) if e.startswith("stdout | ")]
+    for k in range(tasks):
+        assert [e for e in lines if e.startswith(f"stdout | t{k}-")] == [
+            f"stdout | t{k}-{i}" for i in range(1, 9)
+        ], lines
+    assert any(listed), f"no FULL listing carried a followed task's stdout: {listed}"
 
 
 def _context(task_id: str) -> Any:

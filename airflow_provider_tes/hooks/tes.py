@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any, Self, Unpack
 
 import httpx
@@ -421,7 +421,7 @@ class TesHook(BaseHook):
     async def a_cancel_task(self, task_id: str) -> None:
         await self._a_call(_requests.cancel_task(task_id))
 
-    async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncIterator[TesTask]:
+    async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncGenerator[TesTask, None]:
         pager = _requests.task_pager(await self.a_settings(), **select)
         while True:
             req = pager.request()

@@ -123,6 +123,8 @@ class SharedStatusPoller:
         #: Refused listings in a row, and the first round that lists again.
         self.listing_failures = 0
         self._list_from_round = 1
+        #: Tasks (watched or not) in each state's last complete listing; see :meth:`listed_count`.
+        self._listed_counts: dict[TesState, int] = {}
         #: Watched tasks the last round's active listings did not show (see :meth:`poll_once`).
         self._left_last_round = 0
         #: Lookups (GETs) waiting, and those in flight; see :meth:`_look_up`.
@@ -139,6 +141,16 @@ class SharedStatusPoller:
     def can_list(self) -> bool:
         """Whether the next round lists (``False`` while a refused listing is backed off)."""
         return self.rounds + 1 >= self._list_from_round
+
+    def listed_count(self, state: TesState) -> int | None:
+        """How many tasks of this poller's deployment the last listing of ``state`` showed
+        (``None``: not listed, or that listing failed)."""
+        return self._listed_counts.get(state)
+
+    def last_state(self, task_id: str) -> TesState | None:
+        """The last state delivered for a watched task (``None``: none yet, or an error)."""
+        last = next((entry.last for entry in self.watches.get(task_id, [])), None)
+        return last if isinstance(last, TesState) else None
 
     # -- sharing ------------------------------------------------------------------------------------
 
@@ -282,15 +294,19 @@ class SharedStatusPoller:
 
         async def listed(state: TesState) -> dict[str, TesState]:
             found: dict[str, TesState] = {}
+            count = 0
+            self._listed_counts.pop(state, None)
             pages = self.hook.a_list_task_states(state=state, tags=self.listing_tags, page_size=PAGE_SIZE)
             async with contextlib.aclosing(pages):
                 async for page in pages:
+                    count += len(page)
                     found.update(
                         (task_id, listed)
                         for task_id, listed in page.items()
                         if task_id in watched and listed not in (None, TesState.UNKNOWN)
                     )
                     await asyncio.sleep(0)  # a page is a few ms of work; the loop has its turn
+            self._listed_counts[state] = count
             return found
 
         parts = await asyncio.gather(

@@ -15,17 +15,23 @@ saying how many it skipped, so a chatty task cannot flood the task log or the tr
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tes.container import EXIT_CODE_MARKER
-from airflow_provider_tes.exceptions import TesError
+from airflow_provider_tes.exceptions import TesError, TesMalformedResponseError
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.redaction import system_logs
 
 if TYPE_CHECKING:
-    from airflow_provider_tes.hooks.tes import TesHook
+    from airflow_provider_tes.triggers.polling import SharedStatusPoller
+
+log = logging.getLogger(__name__)
 
 #: Lines shown per stream and poll at most; the rest is counted and said to be skipped.
 DEFAULT_MAX_LINES = 500
@@ -114,14 +120,18 @@ def _without_marker(lines: list[str]) -> list[str]:
 
 
 class LiveLog:
-    """A trigger's side task: every ``interval`` seconds, one FULL GET of its task, new lines logged.
+    """A trigger's side task: every ``interval`` seconds, its task's FULL view, new lines logged.
 
-    Only tasks with live logs on pay for it (one GET per interval each); the coalesced status
-    polling of every other task is untouched. A failed read is said once and tried again.
+    The read goes through the poller's :class:`LogReads`, so the tasks followed at one interval
+    share a listing where that is cheaper; the lines are logged here, in the trigger's own task
+    (where the triggerer routes them to the Airflow task's log). A failed read is said once and
+    tried again.
     """
 
-    def __init__(self, hook: TesHook, tes_task_id: str, interval: float, log: logging.Logger | Any) -> None:
-        self.hook = hook
+    def __init__(
+        self, poller: SharedStatusPoller, tes_task_id: str, interval: float, log: logging.Logger | Any
+    ) -> None:
+        self.reads = LogReads.of(poller, interval)
         self.tes_task_id = tes_task_id
         self.interval = interval
         self.log = log
@@ -129,21 +139,173 @@ class LiveLog:
         self._failing = False
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.read()
+        loop = asyncio.get_running_loop()
+        with self.reads.following(self.tes_task_id):
+            while True:
+                # On the interval's clock, not the trigger's start: the tasks followed at one
+                # interval are read at the same moment, which lets one listing serve them all.
+                await asyncio.sleep(self.interval - loop.time() % self.interval)
+                await self.read()
 
     async def read(self, *, final: bool = False) -> None:
         try:
-            task = await self.hook.a_get_task(self.tes_task_id, view=TesView.FULL)
-        except TesError as err:
+            task = await self.reads.read(self.tes_task_id, alone=final)
+        except Exception as err:  # live logs are a view: whatever stops a read must not end them
             if not self._failing:
-                self.log.warning("Live logs of TES task %s: could not read them (%s)", self.tes_task_id, err)
+                reason = str(err) if isinstance(err, TesError) else repr(err)
+                self.log.warning(
+                    "Live logs of TES task %s: could not read them (%s)", self.tes_task_id, reason
+                )
             self._failing = True
             return
         self._failing = False
         for line in self.follower.update(task, final=final):
             self.log.info("%s", line)
+
+
+#: States whose followed tasks may be read by one FULL listing of the state (queued tasks too:
+#: the server's system logs say why they wait)...
+LISTED_FOR_LOGS = (TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING)
+#: ...from this many followed tasks in the state on...
+LIST_MIN_FOLLOWED = 4
+#: ...when they are at least this share of the tasks the listing would return.
+LIST_MIN_SHARE = 0.5
+#: After the k-th failed listing in a row, the next is ``2**k`` intervals later, at most ``2**5``.
+MAX_BACKOFF_EXPONENT = 5
+#: Tasks per page of that listing: FULL answers are large, pages stay well under
+#: ``max_response_bytes`` at Funnel's 10 KiB stdout tails.
+FULL_PAGE_SIZE = 64
+
+_Listing = asyncio.Task[dict[str, TesTask]]
+
+
+class _NotFull(TesMalformedResponseError):
+    """A listing asked for the FULL view answered with less."""
+
+
+class LogReads:
+    """The FULL views of the tasks followed at one interval on one poller, read as cheaply as
+    the server allows.
+
+    A FULL GET per followed task and interval costs about 1 ms of the triggerer's CPU, most of it
+    the HTTP exchange itself; 100 followed tasks at 10 s would cost more than the coalesced status
+    polling of 10,000. When the followed tasks in a state are most of the deployment's tasks in
+    it (the usual case: live logs are on by default), one FULL listing of that state (the
+    deployment's tag filter; the poller's counts) returns them all in a few requests. Otherwise,
+    for a task the listing does not show (just moved on, or on a server that lists without the
+    FULL view), and for a task's final read, its own GET. A listing that fails is not tried
+    again for a while; the GETs cover it.
+    """
+
+    _registry: dict[tuple[int, float], LogReads] = {}  # noqa: RUF012 - process-wide on purpose
+
+    def __init__(self, poller: SharedStatusPoller, interval: float) -> None:
+        self.poller = poller
+        self.interval = interval
+        self.followed: collections.Counter[str] = collections.Counter()
+        self.listings = 0
+        #: This moment's listing of each state worth listing, and when the choice was made.
+        self._listings: dict[TesState, _Listing | None] = {}
+        self._chosen_at = -math.inf
+        self._failures = 0
+        self._list_from = -math.inf
+        #: The readers of one interval come at once: their GETs take at most half of the
+        #: connection's request slots, so the status rounds never queue behind them.
+        self._gets: asyncio.Semaphore | None = None
+
+    @classmethod
+    def of(cls, poller: SharedStatusPoller, interval: float) -> LogReads:
+        key = (id(poller), float(interval))
+        reads = cls._registry.get(key)
+        if reads is None or reads.poller is not poller:
+            reads = cls._registry[key] = cls(poller, interval)
+        return reads
+
+    @contextlib.contextmanager
+    def following(self, task_id: str) -> Iterator[None]:
+        self.followed[task_id] += 1
+        try:
+            yield
+        finally:
+            self.followed[task_id] -= 1
+            if self.followed[task_id] <= 0:
+                del self.followed[task_id]
+            if not self.followed:
+                self._registry.pop((id(self.poller), float(self.interval)), None)
+
+    async def read(self, task_id: str, *, alone: bool = False) -> TesTask:
+        """The FULL view of ``task_id``: from this interval's shared listing, or by its own GET."""
+        state = self.poller.last_state(task_id)
+        listing = None if alone or state is None else self._listing_of(state)
+        if listing is not None:
+            try:
+                # Taken, not copied: a listing holds each task until its reader has it.
+                task = (await asyncio.shield(listing)).pop(task_id, None)
+            except Exception as err:  # whatever failed, the task's own GET still may not
+                task = None
+                self._listing_failed(listing, err)
+            if task is not None:
+                return task
+        if self._gets is None:
+            settings = await self.poller.hook.a_settings()
+            self._gets = asyncio.Semaphore(max(1, settings.max_concurrency // 2))
+        async with self._gets:
+            return await self.poller.hook.a_get_task(task_id, view=TesView.FULL)
+
+    def _listing_of(self, state: TesState) -> _Listing | None:
+        """This moment's listing of ``state`` if one is worth it: the choice is made once per
+        interval (the readers of one interval come together), the listing started by the first
+        reader that needs it."""
+        now = asyncio.get_running_loop().time()
+        if now < self._list_from:
+            return None
+        if now - self._chosen_at >= self.interval / 2:
+            self._chosen_at = now
+            in_state = collections.Counter(self.poller.last_state(task_id) for task_id in self.followed)
+            self._listings = {}
+            for listed in LISTED_FOR_LOGS:
+                total = self.poller.listed_count(listed)
+                if total is not None and in_state[listed] >= max(LIST_MIN_FOLLOWED, LIST_MIN_SHARE * total):
+                    self._listings[listed] = None
+        if state not in self._listings:
+            return None
+        listing = self._listings[state]
+        if listing is None:
+            listing = self._listings[state] = asyncio.create_task(self._list_followed(state))
+        return listing
+
+    async def _list_followed(self, state: TesState) -> dict[str, TesTask]:
+        self.listings += 1
+        found: dict[str, TesTask] = {}
+        not_full = 0
+        pages = self.poller.hook.a_list_tasks(
+            state=state, tags=self.poller.listing_tags, view=TesView.FULL, page_size=FULL_PAGE_SIZE
+        )
+        async with contextlib.aclosing(pages):
+            async for task in pages:
+                if task.id and task.id in self.followed and task.state is state:
+                    # Only a FULL answer will do (a MINIMAL one has no executors).
+                    if task.executors:
+                        found[task.id] = task
+                    else:
+                        not_full += 1
+        if not_full and not found:
+            raise _NotFull(
+                f"the server lists tasks without their FULL view ({not_full} followed ones lack executors)"
+            )
+        self._failures = 0
+        return found
+
+    def _listing_failed(self, listing: _Listing, err: Exception) -> None:
+        if listing not in self._listings.values():
+            return  # another reader of the same listing has said so
+        self._listings = {}
+        # A refusal may pass (tried again after 2, 4, ... intervals); a server that lists without
+        # the FULL view will not change (tried again after the longest wait).
+        self._failures = MAX_BACKOFF_EXPONENT if isinstance(err, _NotFull) else self._failures + 1
+        backoff = 2 ** min(self._failures, MAX_BACKOFF_EXPONENT) * self.interval
+        self._list_from = asyncio.get_running_loop().time() + backoff
+        log.info("FULL listing for live logs failed (%r); each task is read by GET for %.0fs", err, backoff)
 
 
 @dataclass

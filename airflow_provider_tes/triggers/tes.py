@@ -130,9 +130,7 @@ class TesTaskTrigger(BaseTrigger):
 
     async def run(self) -> AsyncGenerator[TriggerEvent, None]:
         poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval, self.deployment)
-        live = (
-            LiveLog(poller.hook, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
-        )
+        live = LiveLog(poller, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
         reading = asyncio.create_task(live.run()) if live else None
         try:
             async with (
@@ -145,6 +143,7 @@ class TesTaskTrigger(BaseTrigger):
         finally:
             if reading is not None:
                 reading.cancel()
+                await asyncio.wait([reading])  # it stops following now, not at some later turn
 
     async def _wait(
         self, poller: SharedStatusPoller, updates: asyncio.Queue[StatusUpdate], live: LiveLog | None

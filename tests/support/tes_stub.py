@@ -9,7 +9,8 @@ tag filters, paging), GetTask (MINIMAL: id and state), CreateTask, CancelTask an
 bytes; Funnel v0.12.2 sends whole tasks in a tag-filtered MINIMAL listing), so that a benchmark
 measures the client's parsing of what a real server sends, not of a two-field stub answer.
 ``follow(task_id)`` makes a task RUNNING with an executor stdout that grows by one numbered line
-per second (what Funnel shows in the FULL view while a task runs), for the live-log benchmark.
+per second (what Funnel shows in the FULL view, of one task or in a listing, while a task runs),
+for the live-log benchmark and tests.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ class TesStub(LoopbackServer):
             return json_answer(
                 200, {"tasks": [{"id": t["id"], "state": t["state"]} for t in page], "next_page_token": token}
             )
-        body = b'{"tasks":[' + b",".join(self._whole(t) for t in page) + b'],"next_page_token":'
+        full = (query.get("view") or ["MINIMAL"])[0] == "FULL"
+        body = b'{"tasks":[' + b",".join(self._whole(t, full=full) for t in page) + b'],"next_page_token":'
         return Answer(200, body + json.dumps(token).encode() + b"}", [("Content-Type", "application/json")])
 
     def _whole(self, task: dict[str, Any], *, full: bool = False) -> bytes:

@@ -1,0 +1,178 @@
+"""How the live logs of many followed tasks are read: one FULL listing where it is cheaper, a GET
+per task where it is not, and never fewer lines either way.
+
+Against the loopback stub, whose tasks' stdout grows by a numbered line a second and which
+answers FULL views of one task and in listings, as Funnel does (the same path against Funnel is
+in ``test_watching.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog.testing
+
+from airflow_provider_tes.hooks.tes import TesHook
+from airflow_provider_tes.models import TesView
+from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
+from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from tests.support.rules import Rewrite, Rule
+from tests.support.tes_stub import TesStub
+
+CONN = "tes_live_reads"
+DEPLOYMENT = "dep-live-reads"
+#: Long enough for a few log intervals (1 s) while the tasks run.
+RUNNING_FOR = 3.6
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[TesStub]:
+    with TesStub(funnel_sized=True) as server:
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{CONN.upper()}",
+            json.dumps({"conn_type": "tes", "host": server.base_url, "extra": {"retries": 0}}),
+        )
+        yield server
+
+
+def _create(stub: TesStub, n: int, *, follow: bool = True, state: str = "RUNNING") -> list[str]:
+    """``n`` tasks of the deployment in ``state``; followed ones run and print a line a second."""
+    ids = []
+    for _ in range(n):
+        task = {
+            "name": "live",
+            "tags": {"deployment": DEPLOYMENT, "dag_id": "d"},
+            "executors": [{"image": "alpine", "command": ["true"]}],
+        }
+        task_id = httpx.post(f"{stub.base_url}/tasks", json=task).json()["id"]
+        if follow:
+            stub.follow(task_id)
+        else:
+            stub.rewrite_state(task_id, state)
+        ids.append(task_id)
+    return ids
+
+
+def _full_calls(stub: TesStub, call: str, state: str | None = None) -> int:
+    return sum(
+        1
+        for r in stub.seen_calls(call)
+        if "FULL" in r.query.get("view", []) and (state is None or state in r.query.get("state", []))
+    )
+
+
+async def _follow_all(
+    stub: TesStub, ids: list[str], running_for: float = RUNNING_FOR, said: list[Any] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each task followed by its own trigger for a while, then ended; the events and the
+    stdout lines logged (``line n``, the same in every task: counted, not told apart). Every
+    log entry goes to ``said`` too, if given."""
+    triggers = [
+        TesTaskTrigger(task_id, CONN, poll_interval=0.5, log_interval=1.0, deployment=DEPLOYMENT)
+        for task_id in ids
+    ]
+    with structlog.testing.capture_logs() as logs:
+
+        async def events_of(trigger: TesTaskTrigger) -> list[Any]:
+            return [event async for event in trigger.run()]
+
+        runs = [asyncio.create_task(events_of(t)) for t in triggers]
+        await asyncio.sleep(running_for)
+        for task_id in ids:
+            stub.rewrite_state(task_id, "COMPLETE")
+        events = await asyncio.wait_for(asyncio.gather(*runs), 10)
+    if said is not None:
+        said += logs
+    lines = [str(e["event"]) for e in logs if str(e.get("event", "")).startswith("stdout | ")]
+    assert all(len(e) == 1 for e in events)
+    return [e[0].payload for e in events], lines
+
+
+def _each_line_once_per_task(payloads: list[dict[str, Any]], lines: list[str], tasks: int) -> None:
+    assert all(p["state"] == "COMPLETE" for p in payloads)
+    shown = [p["lines_shown"] for p in payloads]
+    assert min(shown) >= 3, shown
+    assert len(lines) == sum(shown)
+    for n in range(1, max(shown) + 1):
+        expected = sum(1 for s in shown if s >= n)
+        assert lines.count(f"stdout | line {n}") == expected, (n, expected, lines)
+    assert len(lines) >= tasks * 3
+
+
+async def test_followed_running_tasks_are_read_by_one_listing(stub: TesStub) -> None:
+    ids = _create(stub, LIST_MIN_FOLLOWED + 2)
+    payloads, lines = await _follow_all(stub, ids)
+    _each_line_once_per_task(payloads, lines, len(ids))
+    # Reads while running come from the shared listings. GETs: each task's final read, and at
+    # most one more at the edges (a read before the poller's first count, or after the task left
+    # RUNNING and the listing).
+    assert _full_calls(stub, "list") >= 2
+    assert len(ids) <= _full_calls(stub, "get") <= 2 * len(ids)
+    assert not LogReads._registry, "the readers leave with their followers"
+
+
+async def test_followed_queued_tasks_are_read_by_a_listing_of_their_state(stub: TesStub) -> None:
+    """Queued tasks are followed too (the server's system logs say why they wait)."""
+    ids = _create(stub, LIST_MIN_FOLLOWED + 2, follow=False, state="QUEUED")
+    payloads, lines = await _follow_all(stub, ids, running_for=2.6)
+    assert [p["state"] for p in payloads] == ["COMPLETE"] * len(ids)
+    assert lines == []
+    assert _full_calls(stub, "list", "QUEUED") >= 1
+    assert _full_calls(stub, "list", "RUNNING") == 0
+    assert len(ids) <= _full_calls(stub, "get") <= 2 * len(ids)
+
+
+async def test_followed_tasks_among_many_running_are_read_one_by_one(stub: TesStub) -> None:
+    ids = _create(stub, LIST_MIN_FOLLOWED)
+    _create(stub, 3 * LIST_MIN_FOLLOWED, follow=False)  # running, followed by no one here
+    payloads, lines = await _follow_all(stub, ids)
+    _each_line_once_per_task(payloads, lines, len(ids))
+    # A listing would return four times what is needed: each task is read by its own GET.
+    assert _full_calls(stub, "list") == 0
+    assert _full_calls(stub, "get") >= len(ids) * 3
+
+
+@pytest.mark.parametrize("server", ["refuses FULL listings", "lists without the FULL view"])
+async def test_a_listing_that_does_not_serve_falls_back_to_gets(stub: TesStub, server: str) -> None:
+    if server == "refuses FULL listings":
+        rewrite = Rewrite(status=500)
+    else:  # the tasks' MINIMAL view, whatever was asked
+
+        def minimal(doc: Any, _request: Any) -> Any:
+            return {**doc, "tasks": [{"id": t["id"], "state": t["state"]} for t in doc["tasks"]]}
+
+        rewrite = Rewrite(body=minimal)
+    stub.add_rule(Rule(rewrite, method="GET", path=r"/tasks$", query={"view": "FULL"}))
+    ids = _create(stub, LIST_MIN_FOLLOWED + 2)
+    payloads, lines = await _follow_all(stub, ids)
+    _each_line_once_per_task(payloads, lines, len(ids))
+    # A refusal is tried again after 2, then 4 intervals (it may pass); a server whose listings
+    # lack the FULL view will not change: it is left alone for long. GETs read every task meanwhile.
+    assert _full_calls(stub, "list") == (2 if server == "refuses FULL listings" else 1)
+    assert _full_calls(stub, "get") >= len(ids) * 3
+
+
+async def test_a_read_that_fails_unexpectedly_is_said_once_and_the_logs_go_on(
+    stub: TesStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = [RuntimeError("a bug in a read"), RuntimeError("a bug in a read")]
+    real_get = TesHook.a_get_task
+
+    async def failing_twice(self: TesHook, task_id: str, view: Any = TesView.MINIMAL) -> Any:
+        if view is TesView.FULL and failures:
+            raise failures.pop()
+        return await real_get(self, task_id, view)
+
+    monkeypatch.setattr(TesHook, "a_get_task", failing_twice)
+    ids = _create(stub, 1)
+    payloads, lines = await _follow_all(stub, ids, running_for=4.6, said=(said := []))
+    _each_line_once_per_task(payloads, lines, 1)
+    warnings = [e for e in said if "could not read them" in str(e.get("event", ""))]
+    assert len(warnings) == 1, warnings
+    assert "RuntimeError('a bug in a read')" in str(warnings[0]["event"])
+    assert not failures
