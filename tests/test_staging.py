@@ -36,6 +36,8 @@ from airflow_provider_tes.staging import (
 
 BUCKET = "tes-staging"
 MiB = 1024**2
+#: ``stage_with_warnings(*paths)``: what one new run staged, and the warnings it logged.
+StageWithWarnings = Callable[..., tuple[list[StagedInput], list[str]]]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def stager(inputs_url: str, s3_client: Any) -> Callable[..., InputStager]:
 @pytest.fixture
 def stage_with_warnings(
     stager: Callable[..., InputStager], caplog: pytest.LogCaptureFixture
-) -> Callable[..., tuple[list[StagedInput], list[str]]]:
+) -> StageWithWarnings:
     """Stages ``paths`` in a new run and returns what it staged with the warnings that run logged:
     what staging replaces, or cannot keep apart on the server, must be said in the task log."""
 
@@ -183,7 +185,7 @@ def test_object_planted_at_a_digest_key_is_detected_and_replaced(
     tmp_path: Path,
     prefix: str,
     stager: Callable[..., InputStager],
-    stage_with_warnings: Callable[..., tuple[list[StagedInput], list[str]]],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
     planted: bytes | str,
 ) -> None:
@@ -330,7 +332,7 @@ def test_directory_with_a_foreign_object_is_refused(
 def test_planted_tree_object_is_replaced(
     tree: Path,
     prefix: str,
-    stage_with_warnings: Callable[..., tuple[list[StagedInput], list[str]]],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
 ) -> None:
     digest, _ = digest_directory(str(tree))
@@ -348,7 +350,7 @@ def test_marker_without_checksum_makes_the_tree_be_checked_again(
     tree: Path,
     prefix: str,
     stager: Callable[..., InputStager],
-    stage_with_warnings: Callable[..., tuple[list[StagedInput], list[str]]],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
 ) -> None:
     # As an earlier version left it: the tree and the marker, with no SHA-256 on any of them, and one
@@ -428,7 +430,7 @@ def test_symlink_loops_are_refused(tmp_path: Path, stager: Callable[..., InputSt
 
 
 def test_prefix_conflicting_names_are_warned_about(
-    tmp_path: Path, stage_with_warnings: Callable[..., tuple[list[StagedInput], list[str]]]
+    tmp_path: Path, stage_with_warnings: StageWithWarnings
 ) -> None:
     write(tmp_path / "d" / "ref.fa", b"A")
     write(tmp_path / "d" / "ref.fa.fai", b"B")
