@@ -32,7 +32,13 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-provider-tes-tests-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-from tests.support.airflow_env import TEST_DAGS, AirflowEnv, stack_connections
+from tests.support.airflow_env import (
+    TEST_DAGS,
+    AirflowEnv,
+    aws_connection,
+    stack_connections,
+    tes_connection,
+)
 from tests.support.stack import FunnelServer, MotoServer, find_funnel_binary
 from tests.support.tes_proxy import TesProxy
 
@@ -113,6 +119,28 @@ def funnel(
     SESSION_SECRETS.add(base64.b64encode(f"{server.second_user}:{server.second_password}".encode()).decode())
     with server.serving(request, "funnel"):
         yield server
+
+
+@pytest.fixture
+def funnel_conn(
+    monkeypatch: pytest.MonkeyPatch, funnel: FunnelServer, moto_server: MotoServer
+) -> Callable[..., str]:
+    """``funnel_conn(conn_id, outputs_url, base_url=None, **extra)`` defines the TES connection
+    ``conn_id`` (Funnel's user, at ``base_url`` or Funnel itself) and ``aws_default`` (moto) in the
+    environment and returns ``conn_id``: an operator run in the test process reads its connections
+    there, as a worker does, and uploads through ``aws_default``."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
+
+    def define(conn_id: str, outputs_url: str, base_url: str | None = None, **extra: Any) -> str:
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            tes_connection(
+                base_url or funnel.base_url, funnel.user, funnel.password, outputs_url=outputs_url, **extra
+            ),
+        )
+        return conn_id
+
+    return define
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
@@ -21,27 +20,13 @@ from airflow_provider_tes.connection import (
 )
 from airflow_provider_tes.exceptions import TesConfigurationError
 from airflow_provider_tes.get_provider_info import get_provider_info
+from tests.support.inprocess import fake_connection
 
 
 def _form() -> dict[str, Any]:
     (conn_type,) = get_provider_info()["connection-types"]
     fields: dict[str, Any] = conn_type["conn-fields"]
     return fields
-
-
-def _conn(extra: dict[str, Any] | None = None, **kw: Any) -> SimpleNamespace:
-    fields: dict[str, Any] = {
-        "conn_id": "c",
-        "conn_type": "tes",
-        "host": "https://tes.test/ga4gh/tes/v1",
-        "port": None,
-        "schema": None,
-        "login": None,
-        "password": None,
-        "extra_dejson": extra or {},
-    }
-    fields.update(kw)
-    return SimpleNamespace(**fields)
 
 
 class RecordingExtra(dict[str, Any]):
@@ -84,7 +69,7 @@ def test_every_extra_the_parser_reads_is_in_the_form_with_its_default() -> None:
     # unknown one) and see which it touched
     extra = RecordingExtra({key: field["schema"].get("default", "x") for key, field in form.items()})
     extra.update(token="tok-123456", auth_type="bearer", protocol="https", unknown_key="?")
-    TesConnection.from_airflow(_conn(extra))
+    TesConnection.from_airflow(fake_connection(extra))
     assert extra.read == set(form)
 
 
@@ -103,7 +88,7 @@ def test_form_types_enum_and_secret() -> None:
 
 
 def test_defaults_come_from_the_model() -> None:
-    conn = TesConnection.from_airflow(_conn())
+    conn = TesConnection.from_airflow(fake_connection())
     assert (conn.timeout, conn.retries, conn.max_concurrency, conn.poll_interval) == (
         DEFAULT_TIMEOUT,
         DEFAULT_RETRIES,
@@ -127,15 +112,15 @@ def test_defaults_come_from_the_model() -> None:
 )
 def test_extra_errors(extra: dict[str, Any], message: str | None) -> None:
     if message is None:  # int("1.5") fails, int(1.5) truncates: as before
-        assert TesConnection.from_airflow(_conn(extra)).retries == 1
+        assert TesConnection.from_airflow(fake_connection(extra)).retries == 1
         return
     with pytest.raises(TesConfigurationError) as info:
-        TesConnection.from_airflow(_conn(extra))
+        TesConnection.from_airflow(fake_connection(extra))
     assert str(info.value).startswith(message)
 
 
 def test_frozen_and_secret_not_in_repr() -> None:
-    conn = TesConnection.from_airflow(_conn({"token": "tok-Sup3r-secret"}))
+    conn = TesConnection.from_airflow(fake_connection({"token": "tok-Sup3r-secret"}))
     assert conn.auth_type == "bearer" and conn.secret == "tok-Sup3r-secret"
     assert "tok-Sup3r-secret" not in repr(conn) + str(conn)
     extras = TesConnectionExtras.model_validate({"token": "tok-Sup3r-secret"})
@@ -149,7 +134,7 @@ def test_frozen_and_secret_not_in_repr() -> None:
     [({"verify": "false"}, False), ({"verify": "yes"}, True), ({"ca_bundle": "/ca.pem"}, "/ca.pem")],
 )
 def test_verify(extra: dict[str, Any], expected: bool | str) -> None:
-    assert TesConnection.from_airflow(_conn(extra)).tls_verify() == expected
+    assert TesConnection.from_airflow(fake_connection(extra)).tls_verify() == expected
 
 
 @pytest.mark.parametrize(
@@ -157,7 +142,8 @@ def test_verify(extra: dict[str, Any], expected: bool | str) -> None:
     [("/srv, /data,", ("/srv", "/data")), (["/srv", " /data"], ("/srv", "/data")), ("", None), ([], ())],
 )
 def test_allowed_local_roots_from_a_string_or_a_list(value: Any, expected: tuple[str, ...] | None) -> None:
-    assert TesConnection.from_airflow(_conn({"allowed_local_roots": value})).allowed_local_roots == expected
+    roots = TesConnection.from_airflow(fake_connection({"allowed_local_roots": value})).allowed_local_roots
+    assert roots == expected
 
 
 # -- credentials as pasted ------------------------------------------------------------------------
@@ -174,7 +160,7 @@ def test_allowed_local_roots_from_a_string_or_a_list(value: Any, expected: tuple
 )
 def test_credentials_are_stripped(kw: dict[str, Any], attribute: str, expected: str) -> None:
     extra = kw.pop("extra", {})
-    assert getattr(TesConnection.from_airflow(_conn(extra, **kw)), attribute) == expected
+    assert getattr(TesConnection.from_airflow(fake_connection(extra, **kw)), attribute) == expected
 
 
 @pytest.mark.parametrize(
@@ -190,7 +176,7 @@ def test_control_characters_are_refused_without_echo(
 ) -> None:
     extra = kw.pop("extra", {})
     with pytest.raises(TesConfigurationError, match=f"the {field} contains control characters") as info:
-        TesConnection.from_airflow(_conn(extra, **kw))
+        TesConnection.from_airflow(fake_connection(extra, **kw))
     assert not [piece for piece in pieces if piece in str(info.value)]
 
 
@@ -199,7 +185,7 @@ def test_control_characters_are_refused_without_echo(
 
 def test_malformed_host_names_the_field_not_its_content() -> None:
     with pytest.raises(TesConfigurationError, match="host is not a valid URL") as info:
-        TesConnection.from_airflow(_conn(host="https://alice:pa/ss@tes.example.org"))
+        TesConnection.from_airflow(fake_connection(host="https://alice:pa/ss@tes.example.org"))
     assert "pa" not in str(info.value).replace("password", "").replace("port", "")
     assert "alice" not in str(info.value)
 
@@ -210,13 +196,13 @@ def test_malformed_host_names_the_field_not_its_content() -> None:
 def test_malformed_token_url_names_the_field(token_url: str) -> None:
     extra = {"auth_type": "oauth2", "token_url": token_url}
     with pytest.raises(TesConfigurationError, match="extra 'token_url'") as info:
-        TesConnection.from_airflow(_conn(extra, login="client", password="pw-123456"))
+        TesConnection.from_airflow(fake_connection(extra, login="client", password="pw-123456"))
     assert "idp-pass" not in str(info.value)
 
 
 def test_token_url_shown_without_userinfo_or_query() -> None:
     extra = {"auth_type": "oauth2", "token_url": "https://u:idp-pass@idp.example.org/token?client_secret=xyz"}
-    conn = TesConnection.from_airflow(_conn(extra, login="client", password="pw-123456"))
+    conn = TesConnection.from_airflow(fake_connection(extra, login="client", password="pw-123456"))
     text = conn.describe_credential()
     assert "https://idp.example.org/token" in text
     assert "idp-pass" not in text and "xyz" not in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,6 @@ from airflow_provider_tes.get_provider_info import get_provider_info
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
-from tests.support.airflow_env import aws_connection, tes_connection
 
 START = datetime(2025, 1, 1)
 
@@ -247,15 +247,9 @@ def read_s3(s3_client: Any, url: str) -> str:
 
 @pytest.mark.funnel
 def test_resumes_on_a_fresh_operator_with_the_same_command_and_none_in_xcom(
-    monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any, s3_bucket: str, s3_client: Any
+    funnel_conn: Callable[..., str], s3_bucket: str, s3_client: Any
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TES_DECORATOR",
-        tes_connection(
-            funnel.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/decorator/"
-        ),
-    )
+    funnel_conn("tes_decorator", f"s3://{s3_bucket}/decorator/")
     calls: list[str] = []
 
     def parse() -> TesTaskOperator:

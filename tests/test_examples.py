@@ -37,6 +37,18 @@ def _check_common(result: dict[str, Any], s3_client: Any) -> None:
     assert s3_exists(s3_client, result["stderr_url"])
 
 
+def _check_per_sample(airflow: AirflowEnv, dag_id: str, s3_client: Any) -> set[str]:
+    """The mapped and the TaskFlow examples end with the same mapping over s1, s2, s3; the TES task
+    ids come back so that each test can check that no two tasks shared one."""
+    ids: set[str] = set()
+    for index, sample in enumerate(("s1", "s2", "s3")):
+        result = airflow.xcom(dag_id, "per_sample", map_index=index)
+        _check_common(result, s3_client)
+        assert read_s3(s3_client, result["work_dir_url"] + f"{sample}.txt") == f"processed {sample}\n"
+        ids.add(result["tes_task_id"])
+    return ids
+
+
 def test_hello(airflow: AirflowEnv, s3_client: Any, s3_bucket: str) -> None:
     airflow.dags_test("example_tes_hello")
     assert airflow.task_states("example_tes_hello") == {"hello": "success"}
@@ -89,13 +101,7 @@ def test_mapped(airflow: AirflowEnv, s3_client: Any) -> None:
     airflow.dags_test("example_tes_mapped")
     states = airflow.task_states("example_tes_mapped")
     assert states == {"samples": "success", **{f"per_sample[{i}]": "success" for i in range(3)}}
-    ids = set()
-    for index, sample in enumerate(("s1", "s2", "s3")):
-        result = airflow.xcom("example_tes_mapped", "per_sample", map_index=index)
-        _check_common(result, s3_client)
-        assert read_s3(s3_client, result["work_dir_url"] + f"{sample}.txt") == f"processed {sample}\n"
-        ids.add(result["tes_task_id"])
-    assert len(ids) == 3
+    assert len(_check_per_sample(airflow, "example_tes_mapped", s3_client)) == 3
 
 
 def test_pipeline(airflow: AirflowEnv, s3_client: Any) -> None:
@@ -192,12 +198,7 @@ def test_taskflow_decorator_single_and_mapped(airflow: AirflowEnv, s3_client: An
     assert not airflow.query(
         "SELECT key FROM xcom WHERE dag_id = 'example_tes_taskflow' AND key = 'tes_command'"
     )
-    ids = {greet["tes_task_id"]}
-    for index, sample in enumerate(("s1", "s2", "s3")):
-        result = airflow.xcom("example_tes_taskflow", "per_sample", map_index=index)
-        _check_common(result, s3_client)
-        assert read_s3(s3_client, result["work_dir_url"] + f"{sample}.txt") == f"processed {sample}\n"
-        ids.add(result["tes_task_id"])
+    ids = {greet["tes_task_id"]} | _check_per_sample(airflow, "example_tes_taskflow", s3_client)
     assert len(ids) == 4
 
 

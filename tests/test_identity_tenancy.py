@@ -6,13 +6,13 @@ Against Funnel (two deployments, planted tasks) see ``tests/test_tenancy.py``.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow_provider_tes.connection import TesConnection
 from airflow_provider_tes.identity import DEPLOYMENT_TAG, IDENTITY_MAC_TAG, TaskIdentity, Tenant
+from tests.support.inprocess import fake_connection
 
 IDENTITY = TaskIdentity(
     dag_id="dag", task_id="task", run_id="scheduled__2025-01-01T00:00:00+00:00", try_number=1
@@ -26,15 +26,12 @@ def no_configured_tenancy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(password: str | None = "pw-123456", **extra: Any) -> TesConnection:
-    conn = SimpleNamespace(
+    conn = fake_connection(
+        extra,
         conn_id="tes_tenancy",
-        conn_type="tes",
         host="http://tes.invalid/ga4gh/tes/v1",
-        port=None,
-        schema=None,
         login="alice" if password else None,
         password=password,
-        extra_dejson=extra,
     )
     return TesConnection.from_airflow(conn)
 

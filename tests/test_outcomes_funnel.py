@@ -23,7 +23,7 @@ from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
-from tests.support.airflow_env import aws_connection, tes_connection
+from tests.support.airflow_env import aws_connection
 from tests.support.inprocess import task_context
 from tests.support.tes_proxy import TesProxy
 
@@ -37,17 +37,11 @@ def context(task_id: str) -> Any:
 
 
 @pytest.fixture
-def connect(monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any) -> Callable[[str, str], str]:
+def connect(funnel_conn: Callable[..., str]) -> Callable[[str, str], str]:
     """``connect(base_url, outputs_url)`` defines a TES connection to it and returns its id."""
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
 
     def make(base_url: str, outputs_url: str) -> str:
-        conn_id = f"tes_out_{uuid.uuid4().hex[:8]}"
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{conn_id.upper()}",
-            tes_connection(base_url, funnel.user, funnel.password, outputs_url=outputs_url, poll_interval=1),
-        )
-        return conn_id
+        return funnel_conn(f"tes_out_{uuid.uuid4().hex[:8]}", outputs_url, base_url, poll_interval=1)
 
     return make
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -122,7 +123,7 @@ def test_unreadable_event_is_an_error_not_an_outcome(payload: Any) -> None:
 @pytest.mark.funnel
 @pytest.mark.parametrize("ended", ["COMPLETE", "PREEMPTED"])
 def test_v0_payload_resumes_on_funnel(
-    ended: str, monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any, s3_bucket: str, s3_client: Any
+    ended: str, funnel_conn: Callable[..., str], s3_bucket: str, s3_client: Any
 ) -> None:
     """A task deferred by 0.1.0 (its request sent, its v0 run state in XCom) finishes after an upgrade.
 
@@ -132,20 +133,8 @@ def test_v0_payload_resumes_on_funnel(
     from airflow_provider_tes.hooks.tes import TesHook
     from airflow_provider_tes.models import TesTask
     from airflow_provider_tes.operators.tes import TesTaskOperator
-    from tests.support.airflow_env import aws_connection, tes_connection
 
-    conn_id = "tes_run_state"
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{conn_id.upper()}",
-        tes_connection(
-            funnel.base_url,
-            funnel.user,
-            funnel.password,
-            outputs_url=f"s3://{s3_bucket}/run-state/",
-            poll_interval=1,
-        ),
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
+    conn_id = funnel_conn("tes_run_state", f"s3://{s3_bucket}/run-state/", poll_interval=1)
     identity = TaskIdentity(dag_id="tes_run_state", task_id="legacy", run_id=f"legacy-{uuid.uuid4().hex[:8]}")
     folder = f"s3://{s3_bucket}/run-state/{identity.name()}-20261202-000000/"
     body = json.loads(json.dumps(V0_PAYLOAD["task"]).replace(V0_PAYLOAD["out_dir"], folder))

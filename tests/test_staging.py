@@ -36,6 +36,8 @@ from airflow_provider_tes.staging import (
 
 BUCKET = "tes-staging"
 MiB = 1024**2
+#: ``stage_with_warnings(*paths)``: what one new run staged, and the warnings it logged.
+StageWithWarnings = Callable[..., tuple[list[StagedInput], list[str]]]
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,22 @@ def stager(inputs_url: str, s3_client: Any) -> Callable[..., InputStager]:
         return InputStager(inputs_url, None, client=s3_client, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def stage_with_warnings(
+    stager: Callable[..., InputStager], caplog: pytest.LogCaptureFixture
+) -> StageWithWarnings:
+    """Stages ``paths`` in a new run and returns what it staged with the warnings that run logged:
+    what staging replaces, or cannot keep apart on the server, must be said in the task log."""
+
+    def stage(*paths: Path) -> tuple[list[StagedInput], list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=staging.__name__):
+            staged = stager().stage([str(path) for path in paths]).staged
+        return staged, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    return stage
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -167,8 +185,8 @@ def test_object_planted_at_a_digest_key_is_detected_and_replaced(
     tmp_path: Path,
     prefix: str,
     stager: Callable[..., InputStager],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
-    caplog: pytest.LogCaptureFixture,
     planted: bytes | str,
 ) -> None:
     path = write(tmp_path / "x", b"real content")
@@ -178,14 +196,12 @@ def test_object_planted_at_a_digest_key_is_detected_and_replaced(
     else:
         s3_client.put_object(Bucket=BUCKET, Key=key, Body=b"fake content", ChecksumAlgorithm="SHA256")
 
-    with caplog.at_level(logging.WARNING, logger=staging.__name__):
-        [item] = stager().stage([str(path)]).staged
+    [item], [warning] = stage_with_warnings(path)
 
     assert (item.uploaded_bytes, item.skipped) == (len(b"real content"), False)
     assert read(s3_client, key) == b"real content"
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert key in warning.getMessage()
-    assert "replacing it" in warning.getMessage()
+    assert key in warning
+    assert "replacing it" in warning
     # Replaced with a checksum: the next run trusts it.
     assert stager().stage([str(path)]).staged[0].skipped
 
@@ -316,28 +332,26 @@ def test_directory_with_a_foreign_object_is_refused(
 def test_planted_tree_object_is_replaced(
     tree: Path,
     prefix: str,
-    stager: Callable[..., InputStager],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     digest, _ = digest_directory(str(tree))
     planted = f"{prefix}directory/{digest}/genome.fa"
     s3_client.put_object(Bucket=BUCKET, Key=planted, Body=b">chr1\nTTTT\n")  # same size, other bytes
 
-    with caplog.at_level(logging.WARNING, logger=staging.__name__):
-        [item] = stager().stage([str(tree)]).staged
+    [item], warnings = stage_with_warnings(tree)
 
     assert read(s3_client, planted) == b">chr1\nACGT\n"
     assert item.uploaded_bytes == item.size_bytes  # the planted object was sent again
-    assert [planted in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [True]
+    assert [planted in warning for warning in warnings] == [True]
 
 
 def test_marker_without_checksum_makes_the_tree_be_checked_again(
     tree: Path,
     prefix: str,
     stager: Callable[..., InputStager],
+    stage_with_warnings: StageWithWarnings,
     s3_client: Any,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # As an earlier version left it: the tree and the marker, with no SHA-256 on any of them, and one
     # tree object with other bytes of the same size.
@@ -355,12 +369,11 @@ def test_marker_without_checksum_makes_the_tree_be_checked_again(
         Bucket=BUCKET, Key=f"{prefix}directory/{digest}/idx/genome.bwt", Body=b"\x00\x02" * 5000
     )
 
-    with caplog.at_level(logging.WARNING, logger=staging.__name__):
-        [again] = stager().stage([str(tree)]).staged
+    [again], warnings = stage_with_warnings(tree)
 
     assert read(s3_client, f"{prefix}directory/{digest}/idx/genome.bwt") == b"\x00\x01" * 5000
     assert again.uploaded_bytes == again.size_bytes  # no object vouched for itself, all were replaced
-    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    warned = " ".join(warnings)
     assert f"manifests/{digest}.json" in warned
     assert f"directory/{digest}/idx/genome.bwt" in warned
     # Now every object carries its checksum: the next run is one HEAD again.
@@ -417,13 +430,12 @@ def test_symlink_loops_are_refused(tmp_path: Path, stager: Callable[..., InputSt
 
 
 def test_prefix_conflicting_names_are_warned_about(
-    tmp_path: Path, stager: Callable[..., InputStager], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, stage_with_warnings: StageWithWarnings
 ) -> None:
     write(tmp_path / "d" / "ref.fa", b"A")
     write(tmp_path / "d" / "ref.fa.fai", b"B")
-    with caplog.at_level(logging.WARNING, logger=staging.__name__):
-        stager().stage([str(tmp_path / "d")])
-    assert "'ref.fa' and 'ref.fa.fai'" in caplog.text
+    _, warnings = stage_with_warnings(tmp_path / "d")
+    assert any("'ref.fa' and 'ref.fa.fai'" in warning for warning in warnings), warnings
 
 
 # --------------------------------------------------------------------------- integrity

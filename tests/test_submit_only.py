@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +18,6 @@ from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.links import TES_TASK_LINK_KEY
 from airflow_provider_tes.models import TesState
 from airflow_provider_tes.operators.tes import TesTaskOperator
-from tests.support.airflow_env import aws_connection, tes_connection
 
 
 def context(run_id: str, pushed: dict[str, Any], try_number: int = 1) -> Any:
@@ -35,15 +35,9 @@ def context(run_id: str, pushed: dict[str, Any], try_number: int = 1) -> Any:
 
 @pytest.mark.funnel
 def test_returns_at_once_with_the_state_it_saw(
-    monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any, s3_bucket: str
+    funnel: Any, funnel_conn: Callable[..., str], s3_bucket: str
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TES_SUBMIT_ONLY",
-        tes_connection(
-            funnel.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/submit-only/"
-        ),
-    )
+    funnel_conn("tes_submit_only", f"s3://{s3_bucket}/submit-only/")
     op = TesTaskOperator(
         task_id="submit",
         image="alpine:3.20",

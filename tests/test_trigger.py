@@ -77,6 +77,16 @@ async def _collect(trigger: TesTaskTrigger, limit: float = RUN_TIMEOUT) -> list[
     return await asyncio.wait_for(drain(), limit)
 
 
+async def _one_event(trigger: TesTaskTrigger, limit: float = RUN_TIMEOUT) -> tuple[dict[str, Any], float]:
+    """The payload of the trigger's only event, and how long the run took: a trigger ends its wait
+    with exactly one event, and several tests bound how soon that comes."""
+    start = time.monotonic()
+    events = await _collect(trigger, limit)
+    took = time.monotonic() - start
+    assert len(events) == 1, events
+    return events[0].payload, took
+
+
 async def _wait_state(
     hook: TesHook, task_id: str, wanted: set[TesState], limit: float = 30.0
 ) -> TesState | None:
@@ -181,10 +191,8 @@ async def test_short_task_yields_one_complete_event(direct: TesHook, conn: str) 
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 1", "ok"))
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2, started_at=time.time())
 
-    events = await _collect(trigger)
+    payload, _ = await _one_event(trigger)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "terminal"
     assert payload["state"] == "COMPLETE"
     assert payload["tes_task_id"] == task_id
@@ -195,10 +203,8 @@ async def test_failing_task_yields_executor_error(direct: TesHook, conn: str) ->
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("exit 3", "fail"))
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)
 
-    events = await _collect(trigger)
+    payload, _ = await _one_event(trigger)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "terminal"
     assert payload["state"] == "EXECUTOR_ERROR"
     assert payload["tes_task_id"] == task_id
@@ -213,9 +219,9 @@ async def test_state_changes_are_logged_with_elapsed_time(
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 2", "log"))
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2, started_at=time.time())
 
-    events = await _collect(trigger)
+    payload, _ = await _one_event(trigger)
 
-    assert events[0].payload["state"] == "COMPLETE"
+    assert payload["state"] == "COMPLETE"
     lines = [str(entry.get("event", "")) for entry in captured_logs]
     mine = [line for line in lines if task_id in line]
     elapsed = re.compile(r"\d+\.\ds")
@@ -240,11 +246,10 @@ async def test_survives_flaky_gets(
     proxy.set_faults(0.5, ["503", "502", "reset", "429", "truncate"], methods=["GET"])
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2)
 
-    events = await _collect(trigger, limit=60)
+    payload, _ = await _one_event(trigger, limit=60)
 
-    assert len(events) == 1, events
-    assert events[0].payload["status"] == "terminal"
-    assert events[0].payload["state"] == "COMPLETE"
+    assert payload["status"] == "terminal"
+    assert payload["state"] == "COMPLETE"
     assert proxy.stats["injected_total"] > 0, proxy.stats
     assert any(task_id in path for _, path in proxy.requests)
 
@@ -260,12 +265,8 @@ async def test_gives_up_after_outage_budget(
     proxy.set_faults(1.0, ["503"])
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2, outage_budget=2)
 
-    start = time.monotonic()
-    events = await _collect(trigger, limit=20)
-    took = time.monotonic() - start
+    payload, took = await _one_event(trigger, limit=20)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "error"
     assert payload["tes_task_id"] == task_id
     assert "gave up" in payload["message"]
@@ -284,12 +285,8 @@ async def test_wrong_password_is_an_immediate_auth_error(
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 1", "auth"))
     trigger = TesTaskTrigger(task_id, conn_id, poll_interval=0.2)  # default outage budget: 600 s
 
-    start = time.monotonic()
-    events = await _collect(trigger, limit=15)
-    took = time.monotonic() - start
+    payload, took = await _one_event(trigger, limit=15)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "error"
     assert payload["error_type"] == "TesAuthError"
     assert "not-the-pw" not in payload["message"]
@@ -303,12 +300,8 @@ async def test_deadline_cancels_the_task(direct: TesHook, conn: str) -> None:
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "deadline"))
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.5, deadline=time.time() + 2)
 
-    start = time.monotonic()
-    events = await _collect(trigger, limit=20)
-    took = time.monotonic() - start
+    payload, took = await _one_event(trigger, limit=20)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "deadline"
     assert payload["tes_task_id"] == task_id
     assert took < 8.0, took
@@ -368,11 +361,10 @@ async def test_triggerer_restart_leaves_task_running_and_resumes(
     # A new triggerer rebuilds the trigger from the stored kwargs and picks up the task.
     assert classpath == CLASSPATH
     second = TesTaskTrigger(**json.loads(json.dumps(kwargs)))
-    resumed = await _collect(second)
-    assert len(resumed) == 1, resumed
-    assert resumed[0].payload["status"] == "terminal"
-    assert resumed[0].payload["state"] == "COMPLETE"
-    assert resumed[0].payload["tes_task_id"] == task_id
+    resumed, _ = await _one_event(second)
+    assert resumed["status"] == "terminal"
+    assert resumed["state"] == "COMPLETE"
+    assert resumed["tes_task_id"] == task_id
     assert all(client.is_closed for h in recording_hook.instances for client in h.clients)
 
 
@@ -384,12 +376,8 @@ async def test_unknown_task_is_a_not_found_error(conn: str) -> None:
     # wait once the budget is spent, not at the first answer.
     trigger = TesTaskTrigger("no-such-task-" + uuid.uuid4().hex[:8], conn, poll_interval=0.2, outage_budget=1)
 
-    start = time.monotonic()
-    events = await _collect(trigger, limit=15)
-    took = time.monotonic() - start
+    payload, took = await _one_event(trigger, limit=15)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "error"
     assert payload["error_type"] == "TesNotFoundError"
     assert payload["tes_task_id"] == trigger.tes_task_id
@@ -400,10 +388,8 @@ async def test_unknown_task_is_a_not_found_error(conn: str) -> None:
 async def test_missing_connection_is_a_configuration_error() -> None:
     trigger = TesTaskTrigger("some-task", "tes_trig_nowhere", poll_interval=0.2)
 
-    events = await _collect(trigger, limit=15)
+    payload, _ = await _one_event(trigger, limit=15)
 
-    assert len(events) == 1, events
-    payload = events[0].payload
     assert payload["status"] == "error"
     assert payload["error_type"] == "TesConfigurationError"
     assert "AIRFLOW_CONN_TES_TRIG_NOWHERE" in payload["message"]

@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from airflow_provider_tes.models import TesExecutor, TesState, TesTask
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
-from tests.support.airflow_env import aws_connection, tes_connection
 from tests.support.inprocess import task_context
 from tests.support.tes_proxy import TesProxy
 
@@ -34,13 +33,8 @@ NUMBERED = "i=1; while [ $i -le 8 ]; do echo line-$i; i=$((i+1)); sleep 0.5; don
 
 
 @pytest.fixture
-def conns(monkeypatch: pytest.MonkeyPatch, funnel: Any, moto_server: Any, s3_bucket: str) -> Iterator[str]:
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(moto_server.endpoint_url))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TES_WATCH",
-        tes_connection(funnel.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/watch/"),
-    )
-    return "tes_watch"
+def conns(funnel_conn: Callable[..., str], s3_bucket: str) -> str:
+    return funnel_conn("tes_watch", f"s3://{s3_bucket}/watch/")
 
 
 def _events(logs: list[dict[str, Any]]) -> list[str]:
@@ -129,15 +123,10 @@ def _context(task_id: str) -> Any:
 
 
 def test_task_held_queued_past_startup_timeout_is_canceled(
-    monkeypatch: pytest.MonkeyPatch, funnel: Any, conns: str, s3_bucket: str
+    monkeypatch: pytest.MonkeyPatch, funnel: Any, funnel_conn: Callable[..., str], conns: str, s3_bucket: str
 ) -> None:
     with TesProxy(funnel.url) as proxy:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_TES_WATCH_HELD",
-            tes_connection(
-                proxy.base_url, funnel.user, funnel.password, outputs_url=f"s3://{s3_bucket}/watch/"
-            ),
-        )
+        funnel_conn("tes_watch_held", f"s3://{s3_bucket}/watch/", proxy.base_url)
         real_create = TesHook.create_task
 
         def create_then_hold(self: TesHook, task: TesTask) -> str:

@@ -1,4 +1,5 @@
-"""Running an operator in the test process, without a task runner: the context it is given."""
+"""Running provider code in the test process, without a task runner or Airflow's secrets backends:
+the context an operator is given, the connection ``TesConnection.from_airflow`` reads."""
 
 from __future__ import annotations
 
@@ -20,3 +21,18 @@ def task_context(dag_id: str, task_id: str, *, try_number: int = 1) -> dict[str,
         xcom_pull=lambda *a, **kw: None,
     )
     return {"ti": ti}
+
+
+def fake_connection(extra: dict[str, Any] | None = None, **fields: Any) -> SimpleNamespace:
+    """The attributes of an Airflow connection that ``TesConnection.from_airflow`` reads, ``extra``
+    already parsed: tests of the settings need no connection in the environment or database."""
+    defaults: dict[str, Any] = {
+        "conn_id": "c",
+        "conn_type": "tes",
+        "host": "https://tes.test/ga4gh/tes/v1",
+        "port": None,
+        "schema": None,
+        "login": None,
+        "password": None,
+    }
+    return SimpleNamespace(**{**defaults, **fields, "extra_dejson": extra or {}})
