@@ -16,11 +16,13 @@ by a second copy of every model.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import posixpath
 from typing import Any, ClassVar, Self, TypeVar
 
+import pydantic
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -411,12 +413,65 @@ def from_minimal_json(model: type[_Minimal], body: bytes) -> _Minimal:
     return model.from_response({**page, "tasks": entries})
 
 
-def _readable_entry(entry: _MinimalTask) -> dict[str, Any] | None:
+def _readable_entry(entry: _MinimalTask | _LogsTask) -> dict[str, Any] | None:
     task_id, state = entry.get("id"), entry.get("state")
     if not isinstance(task_id, str) or not task_id:
         return None
     known = isinstance(state, str) and state in TesState.__members__
     return {"id": task_id, "state": state if known else None}
+
+
+class TesTaskLogsPage(TesModel):
+    """A page of a FULL listing as live logs read it: each task's id, state and logs only.
+
+    Live logs list the FULL view of the tasks they follow every interval; a FULL task is ~1 KiB
+    of inputs, outputs, executors and resources besides its logs, and reading all of it into
+    models was most of what following 100 tasks cost the triggerer (profiled). The rest is
+    skipped unread. ``partial`` holds the ids of entries without executors: the server did not
+    send the FULL view (a MINIMAL entry), so their logs are not there either.
+    """
+
+    tasks: list[TesTask]
+    partial: list[str] = Field(default_factory=list)
+    next_page_token: str | None = None
+
+
+class _LogsTask(TypedDict, total=False):
+    id: Any
+    state: Any
+    executors: Any
+    logs: Any
+
+
+class _LogsPage(TypedDict, total=False):
+    tasks: list[_LogsTask]
+    next_page_token: Any
+
+
+_LOGS_PAGE = TypeAdapter(_LogsPage)
+
+
+def from_logs_json(body: bytes) -> TesTaskLogsPage:
+    """Parse a FULL listing into a :class:`TesTaskLogsPage`, entry by entry as
+    :func:`from_minimal_json` does: an entry that is not a readable task is left out (its task
+    is read by GET if it is followed)."""
+    page = _LOGS_PAGE.validate_json(body)
+    tasks: list[TesTask] = []
+    partial: list[str] = []
+    for entry in page.get("tasks") or []:
+        readable = _readable_entry(entry)
+        if readable is None:
+            continue
+        if not entry.get("executors"):
+            partial.append(readable["id"])
+            continue
+        with contextlib.suppress(pydantic.ValidationError):
+            tasks.append(TesTask.from_response({**readable, "logs": entry.get("logs")}))
+    # The tasks were checked one by one above (leniently, as every answer is); the rest here.
+    rest = TesTaskLogsPage.from_response(
+        {"tasks": [], "partial": partial, "next_page_token": page.get("next_page_token")}
+    )
+    return rest.model_copy(update={"tasks": tasks})
 
 
 class TesServiceType(TesModel):

@@ -88,7 +88,8 @@ async def _follow_all(
         events = await asyncio.wait_for(asyncio.gather(*runs), 10)
     if said is not None:
         said += logs
-    lines = [str(e["event"]) for e in logs if str(e.get("event", "")).startswith("stdout | ")]
+    logged = [line for e in logs for line in str(e.get("event", "")).split("\n")]  # a record per read
+    lines = [line for line in logged if line.startswith("stdout | ")]
     assert all(len(e) == 1 for e in events)
     return [e[0].payload for e in events], lines
 
@@ -176,3 +177,28 @@ async def test_a_read_that_fails_unexpectedly_is_said_once_and_the_logs_go_on(
     assert len(warnings) == 1, warnings
     assert "RuntimeError('a bug in a read')" in str(warnings[0]["event"])
     assert not failures
+
+
+async def test_a_task_the_listing_stops_showing_is_read_by_get_after_one_skip(stub: TesStub) -> None:
+    """A task that left the listing has usually moved on (the poller says so within a round):
+    one read is skipped; if the listing goes on leaving it out, its own GETs read it."""
+    ids = _create(stub, LIST_MIN_FOLLOWED + 2)
+    hidden = ids[0]
+    listings = [0]
+
+    def hide_after_the_first(doc: Any, _request: Any) -> Any:
+        listings[0] += 1
+        if listings[0] == 1:
+            return doc
+        return {**doc, "tasks": [t for t in doc["tasks"] if t["id"] != hidden]}
+
+    stub.add_rule(
+        Rule(Rewrite(body=hide_after_the_first), method="GET", path=r"/tasks$", query={"view": "FULL"})
+    )
+    payloads, lines = await _follow_all(stub, ids, running_for=4.6)
+    _each_line_once_per_task(payloads, lines, len(ids))
+    gets = [r for r in stub.seen_calls("get") if "FULL" in r.query.get("view", [])]
+    hidden_gets = sum(1 for r in gets if r.path.endswith(hidden))
+    # Listed once, skipped once, then read by GET every interval until its final read.
+    assert hidden_gets >= 3, hidden_gets
+    assert len(gets) - hidden_gets <= 2 * (len(ids) - 1)

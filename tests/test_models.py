@@ -609,3 +609,41 @@ def test_a_page_of_states_is_one_object_for_the_garbage_collector() -> None:
 
     assert tracked_while_held(TesTaskStatesPage) < 20
     assert tracked_while_held(TesListTasksResponse) > 2000  # what the poller read before
+
+
+# -- what live logs read ------------------------------------------------------------------------
+
+
+def test_a_page_for_live_logs_keeps_ids_states_and_logs_entry_by_entry() -> None:
+    from airflow_provider_tes.models import from_logs_json
+
+    executor = {"image": "alpine", "command": ["true"]}
+    full = {
+        "id": "full",
+        "state": "RUNNING",
+        "executors": [executor],
+        "inputs": [{"path": "/mnt/task/in", "url": "s3://b/k", "content": "x" * 1000}],
+        "logs": [{"logs": [{"stdout": "one\ntwo\n", "exit_code": 0}], "system_logs": ["pulled"]}],
+    }
+    body = json.dumps(
+        {
+            "tasks": [
+                full,
+                {"id": "minimal", "state": "RUNNING"},  # no executors: not the FULL view
+                {"state": "RUNNING", "executors": [executor]},  # no id: left out
+                {"id": "garbled", "state": "RUNNING", "executors": [executor], "logs": "not a list"},
+            ],
+            "next_page_token": "t2",
+        }
+    ).encode()
+    page = from_logs_json(body)
+    assert [t.id for t in page.tasks] == ["full"]
+    task = page.tasks[0]
+    assert task.state is TesState.RUNNING
+    assert task.last_log is not None and task.last_log.logs[-1].stdout == "one\ntwo\n"
+    assert task.last_log.system_logs == ["pulled"]
+    assert task.inputs in (None, []) and not task.executors, "only what live logs read is kept"
+    assert page.partial == ["minimal"]
+    assert page.next_page_token == "t2"
+    with pytest.raises(pydantic.ValidationError):
+        from_logs_json(b'{"tasks": [], "next_page_token": {"not": "a token"}}')

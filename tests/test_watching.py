@@ -38,7 +38,8 @@ def conns(funnel_conn: Callable[..., str], s3_bucket: str) -> str:
 
 
 def _events(logs: list[dict[str, Any]]) -> list[str]:
-    return [str(entry.get("event", "")) for entry in logs]
+    """The logged lines (live logs log the lines of one read as one record)."""
+    return [line for entry in logs for line in str(entry.get("event", "")).split("\n")]
 
 
 async def test_live_lines_appear_while_running_each_once(conns: str) -> None:

@@ -36,8 +36,10 @@ from airflow_provider_tes.models import (
     TesListTasksResponse,
     TesModel,
     TesTask,
+    TesTaskLogsPage,
     TesTaskStatesPage,
     TesView,
+    from_logs_json,
     from_minimal_json,
 )
 
@@ -315,10 +317,13 @@ def interpret(req: Request[M], response: httpx.Response, body: bytes, conn: TesC
 
 
 def _parse(req: Request[M], body: bytes, conn: TesConnection, status: int) -> M:
-    """One parse path; a MINIMAL answer takes only id and state out of the body (fast path)."""
+    """One parse path; a MINIMAL answer takes only id and state out of the body, a page for live
+    logs only ids, states and logs (fast paths)."""
     try:
         if req.minimal:
             return cast(M, from_minimal_json(cast(Any, req.model), body))
+        if req.model is TesTaskLogsPage:
+            return cast(M, from_logs_json(body))
         data = json.loads(body)
     except (ValueError, RecursionError) as err:
         json_error = not isinstance(err, pydantic.ValidationError) or _is_json_error(err)

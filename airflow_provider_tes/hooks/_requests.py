@@ -22,6 +22,7 @@ from airflow_provider_tes.models import (
     TesServiceInfo,
     TesState,
     TesTask,
+    TesTaskLogsPage,
     TesTaskStatesPage,
     TesView,
 )
@@ -79,7 +80,7 @@ def list_params(
     return tuple(params)
 
 
-Page = TypeVar("Page", TesListTasksResponse, TesTaskStatesPage)
+Page = TypeVar("Page", TesListTasksResponse, TesTaskStatesPage, TesTaskLogsPage)
 
 
 def task_pager(conn: TesConnection, **select: Unpack[TaskFilter]) -> Pager[TesListTasksResponse]:
@@ -95,6 +96,14 @@ def state_pager(
     return Pager(params, conn, TesTaskStatesPage)
 
 
+def logs_pager(
+    conn: TesConnection, *, state: TesState, tags: Mapping[str, str], page_size: int | None
+) -> Pager[TesTaskLogsPage]:
+    """A FULL listing read as ids, states and logs (see :class:`TesTaskLogsPage`)."""
+    params = list_params(state=state, tags=tags, view=TesView.FULL, page_size=page_size)
+    return Pager(params, conn, TesTaskLogsPage)
+
+
 @dataclass
 class Pager(Generic[Page]):
     """Where a listing is: the request for the next page, what is new on a page, and when to stop.
@@ -102,7 +111,8 @@ class Pager(Generic[Page]):
     The listing ends on an empty token or an empty page. It is bounded: a token seen before, a
     page that brings no task not listed already (a server ignoring ``page_token``), or more
     than the connection's ``max_pages`` pages raise :class:`TesListingTooLongError`. Pages are
-    read as ``model``: whole tasks, or (:class:`TesTaskStatesPage`) states by id.
+    read as ``model``: whole tasks, (:class:`TesTaskStatesPage`) states by id, or
+    (:class:`TesTaskLogsPage`) ids, states and logs.
     """
 
     params: Params
@@ -117,7 +127,7 @@ class Pager(Generic[Page]):
         params = (*self.params, ("page_token", self.token)) if self.token else self.params
         return Request("GET", "tasks", self.model, params=params)
 
-    def fresh(self, page: TesListTasksResponse, req: Request[Any]) -> list[TesTask]:
+    def fresh(self, page: TesListTasksResponse | TesTaskLogsPage, req: Request[Any]) -> list[TesTask]:
         """The tasks of ``page`` not listed before (a task moved across a page edge is listed once)."""
         new = [task for task in page.tasks if task.id is None or task.id not in self.seen_ids]
         self._admit([task.id for task in new if task.id is not None], bool(new), bool(page.tasks), req)

@@ -46,7 +46,7 @@ from airflow_provider_tes.hooks._http import (
     transport_failure,
 )
 from airflow_provider_tes.hooks._requests import TaskFilter
-from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesView
+from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesTaskLogsPage, TesView
 from airflow_provider_tes.redaction import Scrubber
 
 
@@ -444,6 +444,19 @@ class TesHook(BaseHook):
             req = pager.request()
             page = await self._a_call(req)
             yield pager.fresh_states(page, req)
+            if not pager.advance(page, req):
+                return
+
+    async def a_list_task_logs(
+        self, *, state: TesState, tags: Mapping[str, str], page_size: int | None = None
+    ) -> AsyncGenerator[TesTaskLogsPage, None]:
+        """The tasks in ``state`` with ``tags`` (FULL view) read as ids, states and logs, a page at a
+        time (see :class:`~airflow_provider_tes.models.TesTaskLogsPage`): what live logs read."""
+        pager = _requests.logs_pager(await self.a_settings(), state=state, tags=tags, page_size=page_size)
+        while True:
+            req = pager.request()
+            page = await self._a_call(req)
+            yield page.model_copy(update={"tasks": pager.fresh(page, req)})
             if not pager.advance(page, req):
                 return
 

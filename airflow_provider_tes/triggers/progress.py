@@ -124,8 +124,8 @@ class LiveLog:
 
     The read goes through the poller's :class:`LogReads`, so the tasks followed at one interval
     share a listing where that is cheaper; the lines are logged here, in the trigger's own task
-    (where the triggerer routes them to the Airflow task's log). A failed read is said once and
-    tried again.
+    (where the triggerer routes them to the Airflow task's log), one record per read. A failed
+    read is said once and tried again.
     """
 
     def __init__(
@@ -150,6 +150,8 @@ class LiveLog:
     async def read(self, *, final: bool = False) -> None:
         try:
             task = await self.reads.read(self.tes_task_id, alone=final)
+            if task is None:
+                return
         except Exception as err:  # live logs are a view: whatever stops a read must not end them
             if not self._failing:
                 reason = str(err) if isinstance(err, TesError) else repr(err)
@@ -159,8 +161,10 @@ class LiveLog:
             self._failing = True
             return
         self._failing = False
-        for line in self.follower.update(task, final=final):
-            self.log.info("%s", line)
+        if lines := self.follower.update(task, final=final):
+            # One record per read, its lines joined: they were all read at this moment, and the
+            # triggerer's logging costs per record, so a chatty task costs what a quiet one does.
+            self.log.info("%s", "\n".join(lines))
 
 
 #: States whose followed tasks may be read by one FULL listing of the state (queued tasks too:
@@ -203,6 +207,9 @@ class LogReads:
         self.poller = poller
         self.interval = interval
         self.followed: collections.Counter[str] = collections.Counter()
+        #: Followed tasks the last listing of their state showed: one missing from the next has
+        #: moved on (see :meth:`read`).
+        self._listed_before: set[str] = set()
         self.listings = 0
         #: This moment's listing of each state worth listing, and when the choice was made.
         self._listings: dict[TesState, _Listing | None] = {}
@@ -230,11 +237,14 @@ class LogReads:
             self.followed[task_id] -= 1
             if self.followed[task_id] <= 0:
                 del self.followed[task_id]
+                self._listed_before.discard(task_id)
             if not self.followed:
                 self._registry.pop((id(self.poller), float(self.interval)), None)
 
-    async def read(self, task_id: str, *, alone: bool = False) -> TesTask:
-        """The FULL view of ``task_id``: from this interval's shared listing, or by its own GET."""
+    async def read(self, task_id: str, *, alone: bool = False) -> TesTask | None:
+        """The FULL view of ``task_id``: from this interval's shared listing, or by its own GET;
+        ``None`` when a task that listings showed before has just left the listed state (it is
+        ending: the poller says so within a round, and the final read shows the rest)."""
         state = self.poller.last_state(task_id)
         listing = None if alone or state is None else self._listing_of(state)
         if listing is not None:
@@ -245,7 +255,13 @@ class LogReads:
                 task = None
                 self._listing_failed(listing, err)
             if task is not None:
+                self._listed_before.add(task_id)
                 return task
+            if task_id in self._listed_before and listing.done() and not listing.exception():
+                # Once: a task still missing next time is read by GET (a server's listing may
+                # leave it out for good; its lines are not to wait for its end).
+                self._listed_before.discard(task_id)
+                return None
         if self._gets is None:
             settings = await self.poller.hook.a_settings()
             self._gets = asyncio.Semaphore(max(1, settings.max_concurrency // 2))
@@ -278,17 +294,17 @@ class LogReads:
         self.listings += 1
         found: dict[str, TesTask] = {}
         not_full = 0
-        pages = self.poller.hook.a_list_tasks(
-            state=state, tags=self.poller.listing_tags, view=TesView.FULL, page_size=FULL_PAGE_SIZE
+        pages = self.poller.hook.a_list_task_logs(
+            state=state, tags=self.poller.listing_tags, page_size=FULL_PAGE_SIZE
         )
         async with contextlib.aclosing(pages):
-            async for task in pages:
-                if task.id and task.id in self.followed and task.state is state:
-                    # Only a FULL answer will do (a MINIMAL one has no executors).
-                    if task.executors:
-                        found[task.id] = task
-                    else:
-                        not_full += 1
+            async for page in pages:
+                found.update(
+                    (task.id, task)
+                    for task in page.tasks
+                    if task.id and task.id in self.followed and task.state is state
+                )
+                not_full += sum(1 for task_id in page.partial if task_id in self.followed)
         if not_full and not found:
             raise _NotFull(
                 f"the server lists tasks without their FULL view ({not_full} followed ones lack executors)"
