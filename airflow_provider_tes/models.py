@@ -20,7 +20,7 @@ import contextlib
 import enum
 import json
 import posixpath
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import pydantic
 from pydantic import (
@@ -385,13 +385,16 @@ class _MinimalTask(TypedDict, total=False):
     state: Any
 
 
-class _MinimalPage(TypedDict, total=False):
-    tasks: list[_MinimalTask]
+_Entry = TypeVar("_Entry", bound=_MinimalTask)
+
+
+class _Page(TypedDict, Generic[_Entry], total=False):
+    tasks: list[_Entry]
     next_page_token: Any
 
 
 _MINIMAL_TASK = TypeAdapter(_MinimalTask)
-_MINIMAL_PAGE = TypeAdapter(_MinimalPage)
+_MINIMAL_PAGE = TypeAdapter(_Page[_MinimalTask])
 _Minimal = TypeVar("_Minimal", TesTask, TesListTasksResponse, TesTaskStatesPage)
 
 
@@ -436,19 +439,12 @@ class TesTaskLogsPage(TesModel):
     next_page_token: str | None = None
 
 
-class _LogsTask(TypedDict, total=False):
-    id: Any
-    state: Any
+class _LogsTask(_MinimalTask, total=False):
     executors: Any
     logs: Any
 
 
-class _LogsPage(TypedDict, total=False):
-    tasks: list[_LogsTask]
-    next_page_token: Any
-
-
-_LOGS_PAGE = TypeAdapter(_LogsPage)
+_LOGS_PAGE = TypeAdapter(_Page[_LogsTask])
 
 
 def from_logs_json(body: bytes) -> TesTaskLogsPage:
