@@ -27,7 +27,7 @@ from tests.support.tes_stub import TesStub
 CONN = "tes_live_reads"
 DEPLOYMENT = "dep-live-reads"
 #: Long enough for a few log intervals (1 s) while the tasks run.
-RUNNING_FOR = 3.6
+RUNNING_FOR = 4.6
 
 
 @pytest.fixture

@@ -295,17 +295,20 @@ class SharedStatusPoller:
         async def listed(state: TesState) -> dict[str, TesState]:
             found: dict[str, TesState] = {}
             count = 0
-            self._listed_counts.pop(state, None)
             pages = self.hook.a_list_task_states(state=state, tags=self.listing_tags, page_size=PAGE_SIZE)
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    count += len(page)
-                    found.update(
-                        (task_id, listed)
-                        for task_id, listed in page.items()
-                        if task_id in watched and listed not in (None, TesState.UNKNOWN)
-                    )
-                    await asyncio.sleep(0)  # a page is a few ms of work; the loop has its turn
+            try:
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        count += len(page)
+                        found.update(
+                            (task_id, listed)
+                            for task_id, listed in page.items()
+                            if task_id in watched and listed not in (None, TesState.UNKNOWN)
+                        )
+                        await asyncio.sleep(0)  # a page is a few ms of work; the loop has its turn
+            except BaseException:
+                self._listed_counts.pop(state, None)  # the last count stands while a listing runs
+                raise
             self._listed_counts[state] = count
             return found
 
