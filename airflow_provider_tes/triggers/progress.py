@@ -137,6 +137,24 @@ class LiveLog:
         self.log = log
         self.follower = LogFollower()
         self._failing = False
+        self._reading: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Read every interval, in a task of its own, until :meth:`finish` or :meth:`stop`."""
+        self._reading = asyncio.create_task(self.run(), name=f"tes-live-log-{self.tes_task_id}")
+
+    async def stop(self) -> None:
+        """Stop reading, and following (at once, not at some later turn of the loop)."""
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.wait([self._reading])
+
+    async def finish(self) -> int:
+        """The task has ended: the last read, after the periodic one has stopped (two reads at
+        once could show a line twice); the number of lines shown in all."""
+        await self.stop()
+        await self.read(final=True)
+        return self.follower.lines_shown
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -131,7 +131,8 @@ class TesTaskTrigger(BaseTrigger):
     async def run(self) -> AsyncGenerator[TriggerEvent, None]:
         poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval, self.deployment)
         live = LiveLog(poller, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
-        reading = asyncio.create_task(live.run()) if live else None
+        if live is not None:
+            live.start()
         try:
             async with (
                 poller.watch(self.tes_task_id) as updates,
@@ -141,9 +142,8 @@ class TesTaskTrigger(BaseTrigger):
                     yield event
                     return
         finally:
-            if reading is not None:
-                reading.cancel()
-                await asyncio.wait([reading])  # it stops following now, not at some later turn
+            if live is not None:
+                await live.stop()
 
     async def _wait(
         self, poller: SharedStatusPoller, updates: asyncio.Queue[StatusUpdate], live: LiveLog | None
@@ -199,8 +199,7 @@ class TesTaskTrigger(BaseTrigger):
             if state.is_terminal:
                 shown = 0
                 if live is not None:
-                    await live.read(final=True)
-                    shown = live.follower.lines_shown
+                    shown = await live.finish()
                 yield self._event(
                     EventStatus.TERMINAL, f"TES task ended {state.value}", state=state, lines_shown=shown
                 )
