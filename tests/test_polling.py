@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +19,7 @@ import pytest
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState
+from airflow_provider_tes.triggers import polling
 from airflow_provider_tes.triggers.polling import (
     BULK_MIN,
     ENDED_STATES,
@@ -37,7 +38,9 @@ class FakeTes:
     ListTasks with that status while GET works), ``blind`` (ListTasks ignores every filter and
     returns every task, ``foreign`` entries included), ``token`` (bearer token required),
     ``hidden`` (ids answered 404 for now: an eventually consistent server), ``refused_states``
-    (listings of these states fail with 500). Listings are paged by ``page_size``.
+    (listings of these states fail with 500), ``on_listing`` (called with the state filter of
+    each listing before it is answered: tasks that change meanwhile). Listings are paged by
+    ``page_size``.
     """
 
     def __init__(self) -> None:
@@ -51,6 +54,7 @@ class FakeTes:
         self.token: str | None = None
         self.hidden: set[str] = set()
         self.refused_states: set[str] = set()
+        self.on_listing: Callable[[str | None], None] | None = None
 
     def add(self, task_id: str, state: str = "RUNNING", tagged: bool = True, deployment: str = "a") -> None:
         tags = {"dag_id": "d", "deployment": deployment} if tagged else {}
@@ -69,6 +73,8 @@ class FakeTes:
             if self.list_status != 200:
                 return httpx.Response(self.list_status, json={"message": "listing not available here"})
             state = None if self.blind else query.get("state", [None])[0]
+            if self.on_listing is not None:
+                self.on_listing(state)
             if state in self.refused_states:
                 return httpx.Response(500, json={"message": f"listing {state} tasks failed"})
             keys = [] if self.blind else query.get("tag_key", [])
@@ -654,6 +660,39 @@ async def test_while_endings_keep_coming_ended_states_are_listed_beside_the_acti
         # 1st wave: found missing, then listed; 2nd: listed beside the active states; then one
         # round more of that (the 2nd wave's round saw endings), then active states only.
         assert seen == [(1, 0), (1, 0), (1, 0), (0, 0)]
+
+
+async def test_tasks_that_end_while_the_listings_run_are_listed_again_not_fetched(
+    fake: FakeTes, poller: SharedStatusPoller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a wave the ended states are listed beside the active ones, page by page; a task that
+    ends between the two (after the ended listing's page, before the active one's) is in
+    neither, and is found by one more ended listing, not a GET."""
+    monkeypatch.setattr(polling, "PAGE_SIZE", BULK_MIN)  # pages interleave, as at thousands
+    ids = [f"t{i}" for i in range(5 * BULK_MIN)]
+    first, late = ids[: 2 * BULK_MIN], ids[2 * BULK_MIN : 3 * BULK_MIN]
+    raced: list[str] = []
+
+    def end_between_the_listings(state: str | None) -> None:
+        if state == "RUNNING" and fake.listings["COMPLETE"] and not raced:
+            raced.extend(late)  # the ended listing has read its page: they end now
+            for task_id in late:
+                fake.tasks[task_id]["state"] = "COMPLETE"
+
+    async with _watching(fake, poller, ids[3 * BULK_MIN :]):
+        async with _watching(fake, poller, first) as queues:
+            _end(fake, dict.fromkeys(first, "EXECUTOR_ERROR"))
+            await poller.poll_once()  # a wave starts: the next round lists the ended beside
+            assert {(await _next(q)).state for q in queues} == {TesState.EXECUTOR_ERROR}
+        async with _watching(fake, poller, late) as queues:
+            fake.calls.clear()
+            fake.listings.clear()
+            fake.on_listing = end_between_the_listings
+            await poller.poll_once()
+            assert raced, "the tasks ended between the ended and the active listing"
+            assert {(await _next(q)).state for q in queues} == {TesState.COMPLETE}
+            assert fake.calls["get"] == 0
+            assert fake.listings["COMPLETE"] == 2, "the ended listing, then once more after the round"
 
 
 async def test_a_deployment_lists_only_its_own_tasks(fake: FakeTes) -> None:

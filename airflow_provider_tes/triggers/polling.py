@@ -13,7 +13,8 @@ one hook (one connection pool) and, once per interval, one *round*:
 * when many watched tasks left those listings at once (a mapped stage ending), the same
   listing of the terminal states (:data:`ENDED_STATES`), read only while its pages hold them:
   a page of 2,047 ended tasks costs about what 30 GETs cost, but a server keeps every task it
-  ever ended, so a page that holds few of them ends that state's listing;
+  ever ended, so a page that holds few of them ends that state's listing (listed beside the
+  active states while endings keep coming, and once more for those that ended meanwhile);
 * a GET (a *lookup*) for each watched task still unaccounted for: it has just finished (or was
   never tagged, e.g. a sensor on a foreign task, or its state's listing failed), and the GET
   tells its exact state. Lookups run in the background at bounded concurrency, so endings
@@ -271,11 +272,14 @@ class SharedStatusPoller:
                 await asyncio.sleep(0)
         unlisted -= self._lookup_pending  # already on their way
         self._left_last_round = len(unlisted) if complete else 0
-        if complete and ended is None and len(unlisted) >= BULK_MIN:
-            ended = asyncio.create_task(self._list_ended(unlisted))
-        if ended is not None and complete:
+        if complete and (ended is not None or len(unlisted) >= BULK_MIN):
+            found = await ended if ended is not None else await self._list_ended(unlisted)
+            if ended is not None and len(missed := unlisted - found.keys()) >= BULK_MIN:
+                # Ended while both listings ran (after the ended listing read their page, before
+                # the active one reached theirs): one more listing costs less than their GETs.
+                found |= await self._list_ended(missed)
             # Ended is final: a task listed active a moment before it ended is ended.
-            for n, (task_id, state) in enumerate((await ended).items(), 1):
+            for n, (task_id, state) in enumerate(found.items(), 1):
                 self._deliver(task_id, StatusUpdate(state=state))
                 unlisted.discard(task_id)
                 if n % CHUNK == 0:
