@@ -40,6 +40,9 @@ class TesTaskEvent:
     error_type: str | None = None
     #: Executor-log lines the trigger already showed in the task log (live logs).
     lines_shown: int = 0
+    #: Where the worker's last read of the executor log continues from (live logs; see
+    #: :meth:`~airflow_provider_tes.triggers.progress.LogFollower.handover`).
+    live_log: dict[str, Any] | None = None
 
     def to_trigger_event(self) -> TriggerEvent:
         return TriggerEvent(  # type: ignore[no-untyped-call]
@@ -50,6 +53,7 @@ class TesTaskEvent:
                 "message": self.message,
                 "error_type": self.error_type,
                 "lines_shown": self.lines_shown,
+                "live_log": self.live_log,
             }
         )
 
@@ -75,6 +79,7 @@ class TesTaskEvent:
             state=state,
             error_type=payload.get("error_type"),
             lines_shown=int(payload.get("lines_shown") or 0),
+            live_log=live_log if isinstance(live_log := payload.get("live_log"), dict) else None,
         )
 
     def terminal_state(self) -> TesState:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from airflow_provider_tes.redaction import system_logs
 from airflow_provider_tes.run_state import RunState
 from airflow_provider_tes.storage import read_text_tail, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
+from airflow_provider_tes.triggers.progress import LogFollower
 
 if TYPE_CHECKING:
     from airflow_provider_tes.hooks.tes import TesHook
@@ -224,14 +226,23 @@ class TesTaskManager:
 
     # -- the outcome ------------------------------------------------------------------------------
 
-    def result(self, run_state: RunState, state: TesState, *, output_shown: bool = False) -> dict[str, Any]:
+    def result(
+        self,
+        run_state: RunState,
+        state: TesState,
+        *,
+        lines_shown: int = 0,
+        live_log: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The result of a task that ended ``state`` (not PREEMPTED), or the error it ended in.
 
-        ``output_shown``: the live logs already put the command's output in the task log, so
-        its tails are not shown again.
+        ``lines_shown``, ``live_log``: what the live logs showed and where they stopped; the last
+        lines are shown here, and the command's output is then in the task log, so its tails are
+        not shown again.
         """
-        task = self.hook.get_task(run_state.tes_task_id, view=TesView.FULL)
+        task = self.full_view(run_state.tes_task_id)
         self.finished_task = task
+        lines_shown += self.show_last_lines(task, live_log)
         plan = self.plan()
         try:
             outcome = read_outcome(
@@ -247,12 +258,30 @@ class TesTaskManager:
         except TesTaskFailedError:
             self._log_system_logs(task)
             raise
-        if outcome.stdout_tail and not output_shown:
+        if outcome.stdout_tail and not lines_shown:
             self.log.info("stdout (tail):\n%s", outcome.stdout_tail[-TAIL_BYTES:])
-        if outcome.stderr_tail and not output_shown:
+        if outcome.stderr_tail and not lines_shown:
             self.log.info("stderr (tail):\n%s", outcome.stderr_tail[-TAIL_BYTES:])
         self._log_system_logs(task)
         return self._result(run_state, task, state, outcome.exit_code)
+
+    def full_view(self, tes_task_id: str) -> TesTask:
+        return self.hook.get_task(tes_task_id, view=TesView.FULL)
+
+    def show_last_lines(self, task: TesTask, live_log: Mapping[str, Any] | None) -> int:
+        """The executor-log lines the live logs had not shown when the task ended (from the FULL
+        view the worker reads anyway: the triggerer makes no GET for them); how many."""
+        if live_log is None:
+            return 0
+        try:
+            follower = LogFollower.taking_over(live_log)
+        except ValueError as err:
+            self.log.warning("The last live-log lines cannot be shown: %s; see the stdout object", err)
+            return 0
+        before = follower.lines_shown
+        if lines := follower.update(task, final=True):
+            self.log.info("%s", "\n".join(lines))
+        return follower.lines_shown - before
 
     def _log_system_logs(self, task: TesTask) -> None:
         lines = system_logs(task, self._env_values(self.plan()))

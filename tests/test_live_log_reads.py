@@ -18,9 +18,10 @@ import pytest
 import structlog.testing
 
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.models import TesView
+from airflow_provider_tes.models import TesTask, TesView
 from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
+from tests.support.inprocess import lines_on_resume
 from tests.support.rules import Rewrite, Rule
 from tests.support.tes_stub import TesStub
 
@@ -68,10 +69,11 @@ def _full_calls(stub: TesStub, call: str, state: str | None = None) -> int:
 
 async def _follow_all(
     stub: TesStub, ids: list[str], running_for: float = RUNNING_FOR, said: list[Any] | None = None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each task followed by its own trigger for a while, then ended; the events and the
-    stdout lines logged (``line n``, the same in every task: counted, not told apart). Every
-    log entry goes to ``said`` too, if given."""
+) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Each task followed by its own trigger for a while, then ended; the events, the stdout
+    lines logged (``line n``, the same in every task: counted, not told apart) by the triggers
+    and then by the worker's last read of each task (from the handover in its event), and the
+    FULL GETs the triggers made. Every log entry goes to ``said`` too, if given."""
     triggers = [
         TesTaskTrigger(task_id, CONN, poll_interval=0.5, log_interval=1.0, deployment=DEPLOYMENT)
         for task_id in ids
@@ -88,10 +90,15 @@ async def _follow_all(
         events = await asyncio.wait_for(asyncio.gather(*runs), 10)
     if said is not None:
         said += logs
-    logged = [line for e in logs for line in str(e.get("event", "")).split("\n")]  # a record per read
-    lines = [line for line in logged if line.startswith("stdout | ")]
     assert all(len(e) == 1 for e in events)
-    return [e[0].payload for e in events], lines
+    payloads = [e[0].payload for e in events]
+    gets = _full_calls(stub, "get")
+    logged = [line for e in logs for line in str(e.get("event", "")).split("\n")]  # a record per read
+    async with httpx.AsyncClient(base_url=stub.base_url) as client:
+        for payload in payloads:
+            full = await client.get(f"/tasks/{payload['tes_task_id']}", params={"view": "FULL"})
+            logged += lines_on_resume(payload, TesTask.from_response(full.json()))
+    return payloads, [line for line in logged if line.startswith("stdout | ")], gets
 
 
 def _each_line_once_per_task(payloads: list[dict[str, Any]], lines: list[str], tasks: int) -> None:
@@ -107,35 +114,35 @@ def _each_line_once_per_task(payloads: list[dict[str, Any]], lines: list[str], t
 
 async def test_followed_running_tasks_are_read_by_one_listing(stub: TesStub) -> None:
     ids = _create(stub, LIST_MIN_FOLLOWED + 2)
-    payloads, lines = await _follow_all(stub, ids)
+    payloads, lines, gets = await _follow_all(stub, ids)
     _each_line_once_per_task(payloads, lines, len(ids))
-    # Reads while running come from the shared listings. GETs: each task's final read, and at
-    # most one more at the edges (a read before the poller's first count, or after the task left
-    # RUNNING and the listing).
+    # Reads while running come from the shared listings; at most one GET per task at the edges
+    # (a read before the poller's first count, or after the task left RUNNING and the listing).
+    # The last lines are the worker's: no GET of the triggerer at the end.
     assert _full_calls(stub, "list") >= 2
-    assert len(ids) <= _full_calls(stub, "get") <= 2 * len(ids)
+    assert gets <= len(ids)
     assert not LogReads._registry, "the readers leave with their followers"
 
 
 async def test_followed_queued_tasks_are_read_by_a_listing_of_their_state(stub: TesStub) -> None:
     """Queued tasks are followed too (the server's system logs say why they wait)."""
     ids = _create(stub, LIST_MIN_FOLLOWED + 2, follow=False, state="QUEUED")
-    payloads, lines = await _follow_all(stub, ids, running_for=2.6)
+    payloads, lines, gets = await _follow_all(stub, ids, running_for=2.6)
     assert [p["state"] for p in payloads] == ["COMPLETE"] * len(ids)
     assert lines == []
     assert _full_calls(stub, "list", "QUEUED") >= 1
     assert _full_calls(stub, "list", "RUNNING") == 0
-    assert len(ids) <= _full_calls(stub, "get") <= 2 * len(ids)
+    assert gets <= len(ids)
 
 
 async def test_followed_tasks_among_many_running_are_read_one_by_one(stub: TesStub) -> None:
     ids = _create(stub, LIST_MIN_FOLLOWED)
     _create(stub, 3 * LIST_MIN_FOLLOWED, follow=False)  # running, followed by no one here
-    payloads, lines = await _follow_all(stub, ids)
+    payloads, lines, gets = await _follow_all(stub, ids)
     _each_line_once_per_task(payloads, lines, len(ids))
     # A listing would return four times what is needed: each task is read by its own GET.
     assert _full_calls(stub, "list") == 0
-    assert _full_calls(stub, "get") >= len(ids) * 3
+    assert gets >= len(ids) * 3
 
 
 @pytest.mark.parametrize("server", ["refuses FULL listings", "lists without the FULL view"])
@@ -150,12 +157,12 @@ async def test_a_listing_that_does_not_serve_falls_back_to_gets(stub: TesStub, s
         rewrite = Rewrite(body=minimal)
     stub.add_rule(Rule(rewrite, method="GET", path=r"/tasks$", query={"view": "FULL"}))
     ids = _create(stub, LIST_MIN_FOLLOWED + 2)
-    payloads, lines = await _follow_all(stub, ids)
+    payloads, lines, gets = await _follow_all(stub, ids)
     _each_line_once_per_task(payloads, lines, len(ids))
     # A refusal is tried again after 2, then 4 intervals (it may pass); a server whose listings
     # lack the FULL view will not change: it is left alone for long. GETs read every task meanwhile.
     assert _full_calls(stub, "list") == (2 if server == "refuses FULL listings" else 1)
-    assert _full_calls(stub, "get") >= len(ids) * 3
+    assert gets >= len(ids) * 3
 
 
 async def test_a_read_that_fails_unexpectedly_is_said_once_and_the_logs_go_on(
@@ -171,7 +178,8 @@ async def test_a_read_that_fails_unexpectedly_is_said_once_and_the_logs_go_on(
 
     monkeypatch.setattr(TesHook, "a_get_task", failing_twice)
     ids = _create(stub, 1)
-    payloads, lines = await _follow_all(stub, ids, running_for=4.6, said=(said := []))
+    said: list[Any] = []
+    payloads, lines, _ = await _follow_all(stub, ids, running_for=4.6, said=said)
     _each_line_once_per_task(payloads, lines, 1)
     warnings = [e for e in said if "could not read them" in str(e.get("event", ""))]
     assert len(warnings) == 1, warnings
@@ -195,10 +203,29 @@ async def test_a_task_the_listing_stops_showing_is_read_by_get_after_one_skip(st
     stub.add_rule(
         Rule(Rewrite(body=hide_after_the_first), method="GET", path=r"/tasks$", query={"view": "FULL"})
     )
-    payloads, lines = await _follow_all(stub, ids, running_for=4.6)
+    payloads, lines, _ = await _follow_all(stub, ids, running_for=4.6)
     _each_line_once_per_task(payloads, lines, len(ids))
     gets = [r for r in stub.seen_calls("get") if "FULL" in r.query.get("view", [])]
     hidden_gets = sum(1 for r in gets if r.path.endswith(hidden))
-    # Listed once, skipped once, then read by GET every interval until its final read.
+    # Listed once, skipped once, then read by GET every interval; then the worker's last read
+    # (one for every task).
     assert hidden_gets >= 3, hidden_gets
     assert len(gets) - hidden_gets <= 2 * (len(ids) - 1)
+
+
+async def test_a_follower_joins_the_reads_of_its_interval_when_it_starts_following() -> None:
+    """The shared reads are taken as a follower joins, not when its trigger is made: a reader
+    whose last follower left meanwhile is not held on to (its followers would share nothing)."""
+    poller: Any = object()
+
+    def joined(task_id: str) -> Any:
+        return LogReads.following(poller, 1.0, task_id)
+
+    with joined("a") as first:
+        pass
+    assert not LogReads._registry, "the last follower took its reads along"
+    with joined("b") as second, joined("c") as third:
+        assert second is third is LogReads._registry[(id(poller), 1.0)]
+        assert second is not first
+        assert sorted(second.followed) == ["b", "c"]
+    assert not LogReads._registry

@@ -1,12 +1,17 @@
-"""The live-log follower: each line of a running task's executor log shown once, bounded per poll."""
+"""The live-log follower: each line of a running task's executor log shown once, bounded per poll,
+and handed over to the worker at the end."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
+
 from airflow_provider_tes.container import EXIT_CODE_MARKER
-from airflow_provider_tes.models import TesTask
-from airflow_provider_tes.triggers.progress import LogFollower
+from airflow_provider_tes.events import EventStatus, TesTaskEvent
+from airflow_provider_tes.models import TesState, TesTask
+from airflow_provider_tes.triggers.progress import HANDOVER_CHARS, LogFollower
 
 
 def task(
@@ -63,6 +68,58 @@ def test_stderr_and_system_logs_as_they_appear() -> None:
 
 def test_no_logs_no_lines() -> None:
     assert LogFollower().update(TesTask.from_response({"id": "t"})) == []
+
+
+def _handed_over(follower: LogFollower) -> LogFollower:
+    """Across processes, as in a trigger event: through JSON."""
+    return LogFollower.taking_over(json.loads(json.dumps(follower.handover())))
+
+
+def test_the_worker_takes_over_where_the_trigger_stopped() -> None:
+    trigger_side = LogFollower()
+    assert trigger_side.update(task("1\n2\n3", stderr="e1\n", system_logs=["started"])) == [
+        "system | started",
+        "stdout | 1",
+        "stdout | 2",
+        "stderr | e1",
+    ]
+    worker_side = _handed_over(trigger_side)
+    final = task(f"1\n2\n3\n4\n\n{EXIT_CODE_MARKER}0\n", stderr="e1\ne2\n", system_logs=["started"])
+    assert worker_side.update(final, final=True) == ["stdout | 3", "stdout | 4", "stderr | e2"]
+    assert worker_side.lines_shown == 6
+
+
+def test_a_long_log_is_handed_over_by_its_end_and_continued_exactly() -> None:
+    lines = [f"line {i:05d}" for i in range(3000)]  # ~33 KiB: over what a handover keeps
+    trigger_side = LogFollower(max_lines=10_000)
+    trigger_side.update(task("\n".join(lines[:2000]) + "\n"))
+    handed = trigger_side.handover()
+    assert len(handed["streams"]["stdout"]["text"]) == HANDOVER_CHARS
+    worker_side = LogFollower.taking_over(handed)
+    worker_side.max_lines = 10_000
+    # A server that keeps the whole text, then one that keeps a window longer than the handover.
+    assert worker_side.update(task("\n".join(lines) + "\n"), final=True) == [
+        f"stdout | {line}" for line in lines[2000:]
+    ]
+    worker_side = LogFollower.taking_over(handed)
+    worker_side.max_lines = 10_000
+    window = "\n".join(lines[200:]) + "\n"
+    assert worker_side.update(task(window), final=True) == [f"stdout | {line}" for line in lines[2000:]]
+
+
+@pytest.mark.parametrize("handed", [{}, {"streams": {}, "system_logs_shown": 0}, {"streams": 1}, []])
+def test_a_handover_that_does_not_read_is_an_error(handed: Any) -> None:
+    with pytest.raises(ValueError, match="not a live-log handover"):
+        LogFollower.taking_over(handed)
+
+
+def test_the_event_carries_the_handover_and_drops_one_it_cannot_use() -> None:
+    handed = LogFollower().handover()
+    event = TesTaskEvent(EventStatus.TERMINAL, "t", state=TesState.COMPLETE, lines_shown=3, live_log=handed)
+    payload = json.loads(json.dumps(event.to_trigger_event().payload))
+    assert TesTaskEvent.from_payload(payload).live_log == handed
+    assert TesTaskEvent.from_payload({**payload, "live_log": "?"}).live_log is None
+    assert TesTaskEvent.from_payload({**payload, "live_log": None}).lines_shown == 3
 
 
 def test_startup_clock_warns_at_half_then_expires() -> None:

@@ -20,11 +20,11 @@ import structlog.testing
 from airflow_provider_tes.exceptions import TesStartupTimeoutError
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import DEPLOYMENT_TAG
-from airflow_provider_tes.models import TesExecutor, TesState, TesTask
+from airflow_provider_tes.models import TesExecutor, TesState, TesTask, TesView
 from airflow_provider_tes.operators.tes import TesTaskOperator
 from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
-from tests.support.inprocess import task_context
+from tests.support.inprocess import lines_on_resume, task_context
 from tests.support.tes_proxy import TesProxy
 
 pytestmark = pytest.mark.funnel
@@ -62,11 +62,14 @@ async def test_live_lines_appear_while_running_each_once(conns: str) -> None:
         watcher = asyncio.create_task(watch_running())
         events = [e async for e in trigger.run()]
         watcher.cancel()
-    lines = [e for e in _events(logs) if e.startswith("stdout | ")]
+    payload = events[0].payload
+    with TesHook(conns) as hook:  # the worker's last read, as on resume
+        last = lines_on_resume(payload, hook.get_task(tes_id, view=TesView.FULL))
+    lines = [e for e in [*_events(logs), *last] if e.startswith("stdout | ")]
     assert lines == [f"stdout | line-{i}" for i in range(1, 9)], lines  # all, in order, once
     assert len(seen_while_running) >= 3, "lines must appear while the task runs, not only at its end"
-    assert events[0].payload["state"] == "COMPLETE"
-    assert events[0].payload["lines_shown"] == 8
+    assert payload["state"] == "COMPLETE"
+    assert payload["lines_shown"] == 8
 
 
 async def test_live_lines_of_several_tasks_come_from_funnels_full_listing(
@@ -111,7 +114,11 @@ async def test_live_lines_of_several_tasks_come_from_funnels_full_listing(
     with structlog.testing.capture_logs() as logs:
         events = await asyncio.wait_for(asyncio.gather(*(events_of(t) for t in triggers)), 120)
     assert [e[0].payload["state"] for e in events] == ["COMPLETE"] * tasks
-    lines = [e for e in _events(logs) if e.startswith("stdout | ")]
+    logged = _events(logs)
+    with TesHook(conns) as hook:  # each worker's last read, as on resume
+        for tes_id, (event,) in zip(ids, events, strict=True):
+            logged += lines_on_resume(event.payload, hook.get_task(tes_id, view=TesView.FULL))
+    lines = [e for e in logged if e.startswith("stdout | ")]
     for k in range(tasks):
         assert [e for e in lines if e.startswith(f"stdout | t{k}-")] == [
             f"stdout | t{k}-{i}" for i in range(1, 9)

@@ -45,7 +45,7 @@ from airflow_provider_tes.hooks._http import (
     scrubbed,
     transport_failure,
 )
-from airflow_provider_tes.hooks._requests import TaskFilter
+from airflow_provider_tes.hooks._requests import Page, TaskFilter
 from airflow_provider_tes.models import TesServiceInfo, TesState, TesTask, TesTaskLogsPage, TesView
 from airflow_provider_tes.redaction import Scrubber
 
@@ -423,13 +423,10 @@ class TesHook(BaseHook):
 
     async def a_list_tasks(self, **select: Unpack[TaskFilter]) -> AsyncGenerator[TesTask, None]:
         pager = _requests.task_pager(await self.a_settings(), **select)
-        while True:
-            req = pager.request()
-            page = await self._a_call(req)
-            for task in pager.fresh(page, req):
-                yield task
-            if not pager.advance(page, req):
-                return
+        async with contextlib.aclosing(self._a_pages(pager)) as pages:
+            async for page, req in pages:
+                for task in pager.fresh(page, req):
+                    yield task
 
     async def a_list_task_states(
         self, *, state: TesState, tags: Mapping[str, str], page_size: int | None = None
@@ -440,12 +437,9 @@ class TesHook(BaseHook):
         after any page. A state that is not a TES state is ``None``.
         """
         pager = _requests.state_pager(await self.a_settings(), state=state, tags=tags, page_size=page_size)
-        while True:
-            req = pager.request()
-            page = await self._a_call(req)
-            yield pager.fresh_states(page, req)
-            if not pager.advance(page, req):
-                return
+        async with contextlib.aclosing(self._a_pages(pager)) as pages:
+            async for page, req in pages:
+                yield pager.fresh_states(page, req)
 
     async def a_list_task_logs(
         self, *, state: TesState, tags: Mapping[str, str], page_size: int | None = None
@@ -453,10 +447,19 @@ class TesHook(BaseHook):
         """The tasks in ``state`` with ``tags`` (FULL view) read as ids, states and logs, a page at a
         time (see :class:`~airflow_provider_tes.models.TesTaskLogsPage`): what live logs read."""
         pager = _requests.logs_pager(await self.a_settings(), state=state, tags=tags, page_size=page_size)
+        async with contextlib.aclosing(self._a_pages(pager)) as pages:
+            async for page, req in pages:
+                yield page.model_copy(update={"tasks": pager.fresh(page, req)})
+
+    async def _a_pages(
+        self, pager: _requests.Pager[Page]
+    ) -> AsyncGenerator[tuple[Page, Request[Page]], None]:
+        """A listing's pages, each with its request; the caller takes a page's new entries
+        (``pager.fresh*``) before asking for the next, which the pager then checks and bounds."""
         while True:
             req = pager.request()
             page = await self._a_call(req)
-            yield page.model_copy(update={"tasks": pager.fresh(page, req)})
+            yield page, req
             if not pager.advance(page, req):
                 return
 

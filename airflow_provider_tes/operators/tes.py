@@ -256,7 +256,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         )
         if not self.deferrable:
             event = trigger.wait_here()
-            return self._finish(context, run_state, event.terminal_state(), lines_shown=event.lines_shown)
+            return self._finish(context, run_state, event.terminal_state(), event=event)
         timeout = None
         if run_state.deadline is not None:
             timeout = timedelta(seconds=max(0.0, run_state.deadline - time.time())) + DEADLINE_GRACE
@@ -273,17 +273,24 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         stored = ti.xcom_pull(task_ids=ti.task_id, key=RUN_STATE_KEY, map_indexes=ti.map_index)
         if not stored:
             raise TesError(f"TES task {self.tes_task_id} ended {state.value}, but its run state is missing")
-        return self._finish(context, RunState.from_xcom(stored), state, lines_shown=decoded.lines_shown)
+        return self._finish(context, RunState.from_xcom(stored), state, event=decoded)
 
     # -- results ------------------------------------------------------------------------------------
 
-    def _finish(self, context: Context, run_state: RunState, state: TesState, *, lines_shown: int = 0) -> Any:
+    def _finish(
+        self, context: Context, run_state: RunState, state: TesState, *, event: TesTaskEvent | None = None
+    ) -> Any:
+        live_log = event.live_log if event else None
         if state is TesState.PREEMPTED:
+            if live_log is not None:
+                self.manager.show_last_lines(self.manager.full_view(run_state.tes_task_id), live_log)
             run_state = self.manager.resubmit_after_preemption(run_state)
             self._publish(context, run_state)
             return self._wait(context, run_state)
         # Kept for OpenLineage, which asks in this process right after execute returns.
-        self._result = self.manager.result(run_state, state, output_shown=lines_shown > 0)
+        self._result = self.manager.result(
+            run_state, state, lines_shown=event.lines_shown if event else 0, live_log=live_log
+        )
         return self._result
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

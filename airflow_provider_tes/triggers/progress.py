@@ -10,6 +10,11 @@ found and only what follows it is new; when nothing overlaps, lines were lost be
 and the log says so. Only whole lines are shown (a line still being written waits for its
 newline, or for the end of the task), and each poll shows at most ``max_lines`` per stream,
 saying how many it skipped, so a chatty task cannot flood the task log or the triggerer.
+
+The last read, after the task has ended, is not the triggerer's: the worker that resumes the
+task reads the task's FULL view anyway (for its exit code), so the trigger hands over where it
+stands (:meth:`LogFollower.handover`, plain JSON in the event) and the worker shows the rest.
+A wave of endings then costs the triggerer no GET per followed task.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +41,16 @@ log = logging.getLogger(__name__)
 #: Lines shown per stream and poll at most; the rest is counted and said to be skipped.
 DEFAULT_MAX_LINES = 500
 STREAMS = ("stdout", "stderr")
+#: A handover keeps at most this much of a stream's last text (its end; Funnel keeps 10 KiB).
+HANDOVER_CHARS = 16 * 1024
 
 
 @dataclass
 class _Stream:
-    text: str = ""  # what the server showed last time
+    text: str = ""  # what the server showed last time (its end, after a handover)
     pending: str = ""  # an unfinished last line, shown once it ends
     shown: int = 0
+    skipped: int = 0  # characters of the server's text before ``text`` (cut by a handover)
 
 
 @dataclass
@@ -72,10 +80,41 @@ class LogFollower:
                 out += self._follow(name, text, final)
         return out
 
+    def handover(self) -> dict[str, Any]:
+        """Where this follower stands, as plain JSON (bounded: each stream's last text keeps its
+        end only), for :meth:`taking_over` in another process."""
+        streams = {}
+        for name, stream in self.streams.items():
+            cut = max(0, len(stream.text) - HANDOVER_CHARS)
+            streams[name] = {
+                "text": stream.text[cut:],
+                "skipped": stream.skipped + cut,
+                "pending": stream.pending[-HANDOVER_CHARS:],
+                "shown": stream.shown,
+            }
+        return {"streams": streams, "system_logs_shown": self.system_logs_shown}
+
+    @classmethod
+    def taking_over(cls, handed: Mapping[str, Any]) -> LogFollower:
+        """The follower a :meth:`handover` describes; :class:`ValueError` when it does not read."""
+        try:
+            follower = cls(system_logs_shown=int(handed["system_logs_shown"]))
+            for name in STREAMS:
+                given = handed["streams"][name]
+                follower.streams[name] = _Stream(
+                    text=str(given["text"]),
+                    pending=str(given["pending"]),
+                    shown=int(given["shown"]),
+                    skipped=int(given["skipped"]),
+                )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a live-log handover ({err!r})") from None
+        return follower
+
     def _follow(self, name: str, text: str, final: bool) -> list[str]:
         stream = self.streams[name]
-        added, lost = _appended(stream.text, text)
-        stream.text = text
+        added, lost = _appended(stream.text, text, stream.skipped)
+        stream.text, stream.skipped = text, 0
         chunk = stream.pending + added
         lines = chunk.split("\n")
         stream.pending = "" if final else lines.pop()
@@ -91,8 +130,11 @@ class LogFollower:
         return out + [f"{name} | {line}" for line in lines]
 
 
-def _appended(old: str, new: str) -> tuple[str, bool]:
-    """The text ``new`` adds to ``old``, and whether some was lost in between."""
+def _appended(old: str, new: str, skipped: int = 0) -> tuple[str, bool]:
+    """The text ``new`` adds to ``old`` (the end of the server's last text, ``skipped``
+    characters after its start), and whether some was lost in between."""
+    if skipped and new[skipped : skipped + len(old)] == old:
+        return new[skipped + len(old) :], False  # the server's text grew
     if new.startswith(old):
         return new[len(old) :], False
     if old.endswith(new):
@@ -107,6 +149,8 @@ def _appended(old: str, new: str) -> tuple[str, bool]:
     for size in reversed(cuts):
         if old.endswith(new[:size]):
             return new[size:], False
+    if skipped and (at := new.find(old)) >= 0:
+        return new[at + len(old) :], False  # a window longer than what was handed over
     return new, bool(old)
 
 
@@ -125,13 +169,14 @@ class LiveLog:
     The read goes through the poller's :class:`LogReads`, so the tasks followed at one interval
     share a listing where that is cheaper; the lines are logged here, in the trigger's own task
     (where the triggerer routes them to the Airflow task's log), one record per read. A failed
-    read is said once and tried again.
+    read is said once and tried again. At the task's end it hands over (see the module's
+    docstring).
     """
 
     def __init__(
         self, poller: SharedStatusPoller, tes_task_id: str, interval: float, log: logging.Logger | Any
     ) -> None:
-        self.reads = LogReads.of(poller, interval)
+        self.poller = poller
         self.tes_task_id = tes_task_id
         self.interval = interval
         self.log = log
@@ -140,7 +185,7 @@ class LiveLog:
         self._reading: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Read every interval, in a task of its own, until :meth:`finish` or :meth:`stop`."""
+        """Read every interval, in a task of its own, until :meth:`stop`."""
         self._reading = asyncio.create_task(self.run(), name=f"tes-live-log-{self.tes_task_id}")
 
     async def stop(self) -> None:
@@ -149,25 +194,24 @@ class LiveLog:
             self._reading.cancel()
             await asyncio.wait([self._reading])
 
-    async def finish(self) -> int:
-        """The task has ended: the last read, after the periodic one has stopped (two reads at
-        once could show a line twice); the number of lines shown in all."""
+    async def handover(self) -> dict[str, Any]:
+        """The task has ended: stop, and say where the worker's last read continues from (a read
+        still under way is canceled, so the handover is what was shown)."""
         await self.stop()
-        await self.read(final=True)
-        return self.follower.lines_shown
+        return self.follower.handover()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        with self.reads.following(self.tes_task_id):
+        with LogReads.following(self.poller, self.interval, self.tes_task_id) as reads:
             while True:
                 # On the interval's clock, not the trigger's start: the tasks followed at one
                 # interval are read at the same moment, which lets one listing serve them all.
                 await asyncio.sleep(self.interval - loop.time() % self.interval)
-                await self.read()
+                await self.read(reads)
 
-    async def read(self, *, final: bool = False) -> None:
+    async def read(self, reads: LogReads) -> None:
         try:
-            task = await self.reads.read(self.tes_task_id, alone=final)
+            task = await reads.read(self.tes_task_id)
             if task is None:
                 return
         except Exception as err:  # live logs are a view: whatever stops a read must not end them
@@ -179,7 +223,7 @@ class LiveLog:
             self._failing = True
             return
         self._failing = False
-        if lines := self.follower.update(task, final=final):
+        if lines := self.follower.update(task):
             # One record per read, its lines joined: they were all read at this moment, and the
             # triggerer's logging costs per record, so a chatty task costs what a quiet one does.
             self.log.info("%s", "\n".join(lines))
@@ -214,9 +258,9 @@ class LogReads:
     polling of 10,000. When the followed tasks in a state are most of the deployment's tasks in
     it (the usual case: live logs are on by default), one FULL listing of that state (the
     deployment's tag filter; the poller's counts) returns them all in a few requests. Otherwise,
-    for a task the listing does not show (just moved on, or on a server that lists without the
-    FULL view), and for a task's final read, its own GET. A listing that fails is not tried
-    again for a while; the GETs cover it.
+    and for a task the listing does not show (just moved on, or on a server that lists without
+    the FULL view), its own GET. A listing that fails is not tried again for a while; the GETs
+    cover it.
     """
 
     _registry: dict[tuple[int, float], LogReads] = {}  # noqa: RUF012 - process-wide on purpose
@@ -240,31 +284,34 @@ class LogReads:
 
     @classmethod
     def of(cls, poller: SharedStatusPoller, interval: float) -> LogReads:
-        key = (id(poller), float(interval))
-        reads = cls._registry.get(key)
-        if reads is None or reads.poller is not poller:
-            reads = cls._registry[key] = cls(poller, interval)
-        return reads
+        """The reads of the tasks followed now on ``poller`` at ``interval``, or new ones."""
+        reads = cls._registry.get((id(poller), float(interval)))
+        return reads if reads is not None and reads.poller is poller else cls(poller, interval)
 
+    @classmethod
     @contextlib.contextmanager
-    def following(self, task_id: str) -> Iterator[None]:
-        self.followed[task_id] += 1
+    def following(cls, poller: SharedStatusPoller, interval: float, task_id: str) -> Iterator[LogReads]:
+        """Follow ``task_id`` with the others followed at this interval: registered here, as the
+        follower joins, and dropped as the last one leaves (never held by a follower to be)."""
+        key = (id(poller), float(interval))
+        reads = cls._registry[key] = cls.of(poller, interval)
+        reads.followed[task_id] += 1
         try:
-            yield
+            yield reads
         finally:
-            self.followed[task_id] -= 1
-            if self.followed[task_id] <= 0:
-                del self.followed[task_id]
-                self._listed_before.discard(task_id)
-            if not self.followed:
-                self._registry.pop((id(self.poller), float(self.interval)), None)
+            reads.followed[task_id] -= 1
+            if reads.followed[task_id] <= 0:
+                del reads.followed[task_id]
+                reads._listed_before.discard(task_id)
+            if not reads.followed and cls._registry.get(key) is reads:
+                del cls._registry[key]
 
-    async def read(self, task_id: str, *, alone: bool = False) -> TesTask | None:
+    async def read(self, task_id: str) -> TesTask | None:
         """The FULL view of ``task_id``: from this interval's shared listing, or by its own GET;
         ``None`` when a task that listings showed before has just left the listed state (it is
-        ending: the poller says so within a round, and the final read shows the rest)."""
+        ending: the poller says so within a round, and the worker's last read shows the rest)."""
         state = self.poller.last_state(task_id)
-        listing = None if alone or state is None else self._listing_of(state)
+        listing = None if state is None else self._listing_of(state)
         if listing is not None:
             try:
                 # Taken, not copied: a listing holds each task until its reader has it.

@@ -103,6 +103,7 @@ class TesTaskTrigger(BaseTrigger):
         state: TesState | None = None,
         error: Exception | None = None,
         lines_shown: int = 0,
+        live_log: dict[str, Any] | None = None,
     ) -> TriggerEvent:
         return TesTaskEvent(
             status=status,
@@ -111,6 +112,7 @@ class TesTaskTrigger(BaseTrigger):
             state=state,
             error_type=type(error).__name__ if error else None,
             lines_shown=lines_shown,
+            live_log=live_log,
         ).to_trigger_event()
 
     def wait_here(self) -> TesTaskEvent:
@@ -197,11 +199,13 @@ class TesTaskTrigger(BaseTrigger):
                 "TES task %s is %s after %s%s", self.tes_task_id, state.value, self._elapsed(), previous
             )
             if state.is_terminal:
-                shown = 0
-                if live is not None:
-                    shown = await live.finish()
+                handover = await live.handover() if live is not None else None
                 yield self._event(
-                    EventStatus.TERMINAL, f"TES task ended {state.value}", state=state, lines_shown=shown
+                    EventStatus.TERMINAL,
+                    f"TES task ended {state.value}",
+                    state=state,
+                    lines_shown=live.follower.lines_shown if live is not None else 0,
+                    live_log=handover,
                 )
                 return
 
