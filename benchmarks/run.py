@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--b1-modes", default="", help="B1 children to run (default all), e.g. product for a quick look"
     )
+    parser.add_argument(
+        "--b1-repeat",
+        type=int,
+        default=0,
+        help="B1: measure the product modes this many times, taking turns, and compare medians "
+        "(default 3, 1 with --quick)",
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / "latest.json"))
     args = parser.parse_args(argv)
     selected = [x.strip().lower() for x in args.only.split(",") if x.strip()]
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         backend_choice=args.b1_backend,
                         sizes=sizes,
                         modes=modes,
+                        repeat=args.b1_repeat or None,
                     )
                 elif name == "b2":
                     from benchmarks import b2_staging
