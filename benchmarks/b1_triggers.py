@@ -253,11 +253,13 @@ async def _child_main(
             round_started.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(round_started.wait(), 2 * args.interval)
+        in_round = product and round_started.is_set()
         _reset_peak_rss()
         lags.clear()
         gc_pauses.clear()
         p = poller()  # kept: in the wave the poller leaves with the last trigger
-        rounds0 = p.rounds if p is not None else 0
+        # The round that has just started is the phase's (its CPU is measured).
+        rounds0 = p.rounds - in_round if p is not None else 0
         cpu0, wall0 = cpu_seconds(), time.time()
         phase_start = loop.time()
         control.write(f"PHASE_START {phase} {wall0}\n")

@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_tes.container import EXIT_CODE_MARKER
 from airflow_provider_tes.events import EventStatus, TesTaskEvent
 from airflow_provider_tes.models import TesState, TesTask
-from airflow_provider_tes.triggers.progress import HANDOVER_CHARS, LogFollower
+from airflow_provider_tes.triggers.progress import LogFollower
 
 
 def task(
@@ -89,22 +89,27 @@ def test_the_worker_takes_over_where_the_trigger_stopped() -> None:
     assert worker_side.lines_shown == 6
 
 
-def test_a_long_log_is_handed_over_by_its_end_and_continued_exactly() -> None:
-    lines = [f"line {i:05d}" for i in range(3000)]  # ~33 KiB: over what a handover keeps
+def test_the_handover_holds_no_output_and_continues_exactly() -> None:
+    lines = [f"line {i:05d}" for i in range(3000)]
     trigger_side = LogFollower(max_lines=10_000)
-    trigger_side.update(task("\n".join(lines[:2000]) + "\n"))
-    handed = trigger_side.handover()
-    assert len(handed["streams"]["stdout"]["text"]) == HANDOVER_CHARS
-    worker_side = LogFollower.taking_over(handed)
+    trigger_side.update(task("\n".join(lines[:2000]) + "\nline 02", stderr="secret-ish\n"))
+    handed = json.dumps(trigger_side.handover())
+    assert "line" not in handed and "secret" not in handed, handed
+    assert len(handed) < 500, "a few numbers and digests per stream: the event stays small"
+    rest = [f"stdout | {line}" for line in lines[2000:]]
+    # A server that keeps the whole text...
+    worker_side = LogFollower.taking_over(json.loads(handed))
     worker_side.max_lines = 10_000
-    # A server that keeps the whole text, then one that keeps a window longer than the handover.
-    assert worker_side.update(task("\n".join(lines) + "\n"), final=True) == [
-        f"stdout | {line}" for line in lines[2000:]
-    ]
-    worker_side = LogFollower.taking_over(handed)
+    assert worker_side.update(task("\n".join(lines) + "\n", stderr="secret-ish\n"), final=True) == rest
+    # ...or only a window of its end.
+    worker_side = LogFollower.taking_over(json.loads(handed))
     worker_side.max_lines = 10_000
-    window = "\n".join(lines[200:]) + "\n"
-    assert worker_side.update(task(window), final=True) == [f"stdout | {line}" for line in lines[2000:]]
+    assert worker_side.update(task("\n".join(lines[1500:]) + "\n"), final=True) == rest
+    # Where the window moved past what was read, that is said and the whole window shown.
+    worker_side = LogFollower.taking_over(json.loads(handed))
+    shown = worker_side.update(task("\n".join(lines[2500:]) + "\n"), final=True)
+    assert shown[0] == "stdout | (the server's log dropped lines between two polls)"
+    assert shown[1:] == [f"stdout | {line}" for line in lines[2500:]]
 
 
 @pytest.mark.parametrize("handed", [{}, {"streams": {}, "system_logs_shown": 0}, {"streams": 1}, []])

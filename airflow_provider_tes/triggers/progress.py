@@ -13,8 +13,8 @@ saying how many it skipped, so a chatty task cannot flood the task log or the tr
 
 The last read, after the task has ended, is not the triggerer's: the worker that resumes the
 task reads the task's FULL view anyway (for its exit code), so the trigger hands over where it
-stands (:meth:`LogFollower.handover`, plain JSON in the event) and the worker shows the rest.
-A wave of endings then costs the triggerer no GET per followed task.
+stands (:meth:`LogFollower.handover`: a few numbers and a digest in the event, no output) and
+the worker shows the rest. A wave of endings then costs the triggerer no GET per followed task.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -41,16 +43,56 @@ log = logging.getLogger(__name__)
 #: Lines shown per stream and poll at most; the rest is counted and said to be skipped.
 DEFAULT_MAX_LINES = 500
 STREAMS = ("stdout", "stderr")
-#: A handover keeps at most this much of a stream's last text (its end; Funnel keeps 10 KiB).
-HANDOVER_CHARS = 16 * 1024
+#: A handover marks where a stream was read to by a digest of this many characters before it.
+ANCHOR_CHARS = 256
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """Where a follower stopped in a stream, without its text (which would otherwise travel in
+    the trigger event and sit in the metadata DB): the length of the server's text then, a
+    digest of its last ``size`` characters, its last character (to narrow the search) and the
+    length of its unfinished last line."""
+
+    end: int
+    size: int
+    digest: str
+    last: str
+    pending: int
+
+    @classmethod
+    def of(cls, stream: _Stream) -> _Anchor:
+        tail = stream.text[-ANCHOR_CHARS:]
+        return cls(len(stream.text), len(tail), _digest(tail), tail[-1:], len(stream.pending))
+
+    def find(self, text: str) -> int | None:
+        """Where the text read before ends in ``text`` (the server's text now): at the same
+        length if the text only grew, else the last place it matches (a server that keeps a
+        window); ``None`` when nowhere (lines were lost)."""
+        if self.size == 0:
+            return 0
+        if self._ends_at(text, self.end):
+            return self.end
+        at = len(text)
+        while (at := text.rfind(self.last, 0, at)) >= 0:
+            if self._ends_at(text, at + 1):
+                return at + 1
+        return None
+
+    def _ends_at(self, text: str, end: int) -> bool:
+        return self.size <= end <= len(text) and _digest(text[end - self.size : end]) == self.digest
 
 
 @dataclass
 class _Stream:
-    text: str = ""  # what the server showed last time (its end, after a handover)
+    text: str = ""  # what the server showed last time
     pending: str = ""  # an unfinished last line, shown once it ends
     shown: int = 0
-    skipped: int = 0  # characters of the server's text before ``text`` (cut by a handover)
+    anchor: _Anchor | None = None  # where a handover says the text read before ends
 
 
 @dataclass
@@ -81,17 +123,12 @@ class LogFollower:
         return out
 
     def handover(self) -> dict[str, Any]:
-        """Where this follower stands, as plain JSON (bounded: each stream's last text keeps its
-        end only), for :meth:`taking_over` in another process."""
+        """Where this follower stands, as small plain JSON holding no output (see
+        :class:`_Anchor`), for :meth:`taking_over` in another process."""
         streams = {}
         for name, stream in self.streams.items():
-            cut = max(0, len(stream.text) - HANDOVER_CHARS)
-            streams[name] = {
-                "text": stream.text[cut:],
-                "skipped": stream.skipped + cut,
-                "pending": stream.pending[-HANDOVER_CHARS:],
-                "shown": stream.shown,
-            }
+            anchor = stream.anchor or _Anchor.of(stream)
+            streams[name] = {**dataclasses.asdict(anchor), "shown": stream.shown}
         return {"streams": streams, "system_logs_shown": self.system_logs_shown}
 
     @classmethod
@@ -101,21 +138,30 @@ class LogFollower:
             follower = cls(system_logs_shown=int(handed["system_logs_shown"]))
             for name in STREAMS:
                 given = handed["streams"][name]
-                follower.streams[name] = _Stream(
-                    text=str(given["text"]),
-                    pending=str(given["pending"]),
-                    shown=int(given["shown"]),
-                    skipped=int(given["skipped"]),
+                anchor = _Anchor(
+                    end=int(given["end"]),
+                    size=int(given["size"]),
+                    digest=str(given["digest"]),
+                    last=str(given["last"]),
+                    pending=int(given["pending"]),
                 )
+                follower.streams[name] = _Stream(shown=int(given["shown"]), anchor=anchor)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a live-log handover ({err!r})") from None
         return follower
 
     def _follow(self, name: str, text: str, final: bool) -> list[str]:
         stream = self.streams[name]
-        added, lost = _appended(stream.text, text, stream.skipped)
-        stream.text, stream.skipped = text, 0
-        chunk = stream.pending + added
+        if stream.anchor is None:
+            pending = stream.pending
+            added, lost = _appended(stream.text, text)
+        else:
+            at = stream.anchor.find(text)
+            pending = "" if at is None else text[max(0, at - stream.anchor.pending) : at]
+            added, lost = (text, True) if at is None else (text[at:], False)
+            stream.anchor = None
+        stream.text = text
+        chunk = pending + added
         lines = chunk.split("\n")
         stream.pending = "" if final else lines.pop()
         lines = _without_marker(lines)
@@ -130,11 +176,8 @@ class LogFollower:
         return out + [f"{name} | {line}" for line in lines]
 
 
-def _appended(old: str, new: str, skipped: int = 0) -> tuple[str, bool]:
-    """The text ``new`` adds to ``old`` (the end of the server's last text, ``skipped``
-    characters after its start), and whether some was lost in between."""
-    if skipped and new[skipped : skipped + len(old)] == old:
-        return new[skipped + len(old) :], False  # the server's text grew
+def _appended(old: str, new: str) -> tuple[str, bool]:
+    """The text ``new`` adds to ``old``, and whether some was lost in between."""
     if new.startswith(old):
         return new[len(old) :], False
     if old.endswith(new):
@@ -149,8 +192,6 @@ def _appended(old: str, new: str, skipped: int = 0) -> tuple[str, bool]:
     for size in reversed(cuts):
         if old.endswith(new[:size]):
             return new[size:], False
-    if skipped and (at := new.find(old)) >= 0:
-        return new[at + len(old) :], False  # a window longer than what was handed over
     return new, bool(old)
 
 
