@@ -247,19 +247,19 @@ async def _child_main(
     for phase in PHASES:
         length = _phase_length(phase, args.interval, args.window)
         if product:
-            # A phase starts as a round does, at the same point of the round clock in every
-            # product run; otherwise it holds a round more or less by chance (3 or 4 in the
-            # wave, a quarter of its CPU), which would drown the difference between two runs.
+            # A phase starts half an interval after a round did, at the same point of the round
+            # clock in every product run; otherwise it holds a round more or less by chance (3
+            # or 4 in the wave, a quarter of its CPU), which would drown the difference between
+            # two runs.
             round_started.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(round_started.wait(), 2 * args.interval)
-        in_round = product and round_started.is_set()
+            await asyncio.sleep(args.interval / 2)
         _reset_peak_rss()
         lags.clear()
         gc_pauses.clear()
         p = poller()  # kept: in the wave the poller leaves with the last trigger
-        # The round that has just started is the phase's (its CPU is measured).
-        rounds0 = p.rounds - in_round if p is not None else 0
+        rounds0 = p.rounds if p is not None else 0
         cpu0, wall0 = cpu_seconds(), time.time()
         phase_start = loop.time()
         control.write(f"PHASE_START {phase} {wall0}\n")
