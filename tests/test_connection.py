@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
-
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
 
 import pytest
 

@@ -9,16 +9,12 @@ thread, writing one byte every 0.1 s.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
 
 import httpx
 import pytest

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 from collections.abc import AsyncIterator
-
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
 
 import pytest
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from typing import Any
 from urllib.parse import quote
-
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
 
 import httpx
 import pytest

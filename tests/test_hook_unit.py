@@ -6,12 +6,6 @@ monkeypatch), the way a deployment without a metadata database defines them.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
-# Before anything imports Airflow: keep its home (it creates logs/ there) out of ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tes-unit-airflow-home-"))
-
 import asyncio
 import base64
 import json

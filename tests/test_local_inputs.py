@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
 from airflow_provider_tes import _local_inputs
 from airflow_provider_tes.exceptions import TesConfigurationError

@@ -12,16 +12,12 @@ import mmap
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
 from airflow_provider_tes import _local_inputs, _s3, staging
 from airflow_provider_tes.exceptions import TesConfigurationError, TesStagingError

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# Airflow must not touch ~/airflow; this only takes effect when nothing imported airflow yet.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
 from airflow_provider_tes._s3 import S3ObjectStore
 from airflow_provider_tes.exceptions import TesConfigurationError
