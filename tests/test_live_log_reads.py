@@ -9,17 +9,19 @@ in ``test_watching.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog.contextvars
 import structlog.testing
 
 from airflow_provider_tes.hooks.tes import TesHook
-from airflow_provider_tes.models import TesTask, TesView
-from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LogReads
+from airflow_provider_tes.models import TesState, TesTask, TesView
+from airflow_provider_tes.triggers.progress import LIST_MIN_FOLLOWED, LiveLog, LogReads
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.inprocess import lines_on_resume
 from tests.support.rules import Rewrite, Rule
@@ -213,19 +215,111 @@ async def test_a_task_the_listing_stops_showing_is_read_by_get_after_one_skip(st
     assert len(gets) - hidden_gets <= 2 * (len(ids) - 1)
 
 
-async def test_a_follower_joins_the_reads_of_its_interval_when_it_starts_following() -> None:
-    """The shared reads are taken as a follower joins, not when its trigger is made: a reader
-    whose last follower left meanwhile is not held on to (its followers would share nothing)."""
-    poller: Any = object()
+class _Poller:
+    """As much of a poller as the reads use: every task RUNNING, no counts (so: GETs), and a
+    hook whose FULL GET of ``t-<n>`` answers ``line <n>`` once ``gate`` is set."""
 
-    def joined(task_id: str) -> Any:
-        return LogReads.following(poller, 1.0, task_id)
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.hook = self
 
-    with joined("a") as first:
-        pass
+    def last_state(self, task_id: str) -> TesState:
+        return TesState.RUNNING
+
+    def listed_count(self, state: TesState) -> int | None:
+        return None
+
+    async def a_settings(self) -> Any:
+        return type("Settings", (), {"max_concurrency": 4})()
+
+    async def a_get_task(self, task_id: str, view: TesView) -> TesTask:
+        await self.gate.wait()
+        stdout = f"line {task_id.removeprefix('t-')}\n"
+        return TesTask.from_response(
+            {"id": task_id, "state": "RUNNING", "logs": [{"logs": [{"stdout": stdout}]}]}
+        )
+
+
+class _Said:
+    """A trigger's logger that notes, with each record, the trigger the record is routed to
+    (the triggerer routes by the ``trigger_id`` it binds in each trigger's context)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, str]] = []
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.records.append((structlog.contextvars.get_contextvars().get("trigger_id"), msg % args))
+
+    warning = info
+
+
+def _started(poller: Any, task_id: str, trigger_id: int | None = None, log: Any = None) -> LiveLog:
+    """A live log started as a trigger starts it: in the context the triggerer made for it."""
+    live = LiveLog(poller, task_id, 1.0, log or _Said())
+
+    def start() -> None:
+        if trigger_id is not None:
+            structlog.contextvars.bind_contextvars(trigger_id=trigger_id)
+        live.start()
+
+    contextvars.copy_context().run(start)
+    return live
+
+
+def _clocks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("tes-live-logs-") and not t.done()]
+
+
+async def test_the_followers_of_an_interval_share_one_clock_that_leaves_with_the_last() -> None:
+    """A follower holds no timer of its own. The reads of its interval, and their clock, are
+    made as the first follower joins and dropped as the last one leaves (never held on to for a
+    follower to be)."""
+    poller: Any = _Poller()
+    first = _started(poller, "a")
+    reads = LogReads._registry[(id(poller), 1.0)]
+    first.stop()
     assert not LogReads._registry, "the last follower took its reads along"
-    with joined("b") as second, joined("c") as third:
-        assert second is third is LogReads._registry[(id(poller), 1.0)]
-        assert second is not first
-        assert sorted(second.followed) == ["b", "c"]
+    await asyncio.sleep(0)
+    assert not _clocks()
+    second, third, again = _started(poller, "b"), _started(poller, "c"), _started(poller, "c")
+    shared = LogReads._registry[(id(poller), 1.0)]
+    assert shared is not reads
+    assert shared.followed == {"b", "c"}
+    assert len(_clocks()) == 1
+    third.stop()
+    assert shared.followed == {"b", "c"}, "another trigger still follows c"
+    second.stop()
+    again.stop()
     assert not LogReads._registry
+    await asyncio.sleep(0)
+    assert not _clocks()
+
+
+async def test_each_followers_lines_are_logged_in_its_own_triggers_context() -> None:
+    """One clock reads for every trigger; each record still reaches its own trigger's log."""
+    poller: Any = _Poller()
+    said = _Said()
+    lives = [_started(poller, f"t-{n}", trigger_id=n, log=said) for n in (1, 2, 3)]
+    try:
+        await LogReads._registry[(id(poller), 1.0)].read_all()
+    finally:
+        for live in lives:
+            live.stop()
+    assert sorted(said.records) == [(1, "stdout | line 1"), (2, "stdout | line 2"), (3, "stdout | line 3")]
+
+
+async def test_a_read_under_way_when_its_follower_hands_over_is_not_shown() -> None:
+    """The handover says what was shown: a read that comes after it is dropped (the worker
+    shows those lines)."""
+    poller: Any = _Poller()
+    said = _Said()
+    live = _started(poller, "t-1", log=said)
+    poller.gate.clear()
+    reading = asyncio.create_task(LogReads._registry[(id(poller), 1.0)].read_all())
+    await asyncio.sleep(0.05)
+    handed = live.handover()
+    poller.gate.set()
+    await reading
+    assert said.records == []
+    assert handed["streams"]["stdout"]["shown"] == 0

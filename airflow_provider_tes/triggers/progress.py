@@ -20,13 +20,13 @@ the worker shows the rest. A wave of endings then costs the triggerer no GET per
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -205,13 +205,17 @@ def _without_marker(lines: list[str]) -> list[str]:
 
 
 class LiveLog:
-    """A trigger's side task: every ``interval`` seconds, its task's FULL view, new lines logged.
+    """A trigger's live log: the new lines of its task, logged every ``interval`` seconds.
 
-    The read goes through the poller's :class:`LogReads`, so the tasks followed at one interval
-    share a listing where that is cheaper; the lines are logged here, in the trigger's own task
-    (where the triggerer routes them to the Airflow task's log), one record per read. A failed
-    read is said once and tried again. At the task's end it hands over (see the module's
-    docstring).
+    The trigger does not read them itself: its :class:`LogReads` reads every task followed at
+    that interval on one clock (one listing can serve them all) and hands each its read. A
+    follower holds no timer or task of its own: 100 followers sleeping on their own timers
+    left hundreds of objects a round to the garbage collector's oldest generation (they live
+    for an interval), and its full collections came that much sooner (profiled in benchmark
+    B1). The lines are logged in the trigger's context, captured at :meth:`start`: the
+    triggerer routes a record to an Airflow task's log by the context variables it binds to
+    each trigger. A failed read is said once and tried again. At the task's end it hands over
+    (see the module's docstring).
     """
 
     def __init__(
@@ -219,52 +223,54 @@ class LiveLog:
     ) -> None:
         self.poller = poller
         self.tes_task_id = tes_task_id
-        self.interval = interval
+        self.interval = float(interval)
         self.log = log
         self.follower = LogFollower()
         self._failing = False
-        self._reading: asyncio.Task[None] | None = None
+        self._context: contextvars.Context | None = None
+        self._reads: LogReads | None = None
 
     def start(self) -> None:
-        """Read every interval, in a task of its own, until :meth:`stop`."""
-        self._reading = asyncio.create_task(self.run(), name=f"tes-live-log-{self.tes_task_id}")
+        """Follow from the next tick of the interval's clock on."""
+        self._context = contextvars.copy_context()
+        self._reads = LogReads.join(self)
 
-    async def stop(self) -> None:
-        """Stop reading, and following (at once, not at some later turn of the loop)."""
-        if self._reading is not None:
-            self._reading.cancel()
-            await asyncio.wait([self._reading])
+    def stop(self) -> None:
+        """Stop following, at once: a read under way is not shown."""
+        if self._reads is not None:
+            self._reads.leave(self)
+            self._reads = None
 
-    async def handover(self) -> dict[str, Any]:
-        """The task has ended: stop, and say where the worker's last read continues from (a read
-        still under way is canceled, so the handover is what was shown)."""
-        await self.stop()
+    def handover(self) -> dict[str, Any]:
+        """The task has ended: stop, and say where the worker's last read continues from."""
+        self.stop()
         return self.follower.handover()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        with LogReads.following(self.poller, self.interval, self.tes_task_id) as reads:
-            while True:
-                # On the interval's clock, not the trigger's start: the tasks followed at one
-                # interval are read at the same moment, which lets one listing serve them all.
-                await asyncio.sleep(self.interval - loop.time() % self.interval)
-                await self.read(reads)
+    def show(self, read: TesTask | Exception | None) -> None:
+        """Log what ``read`` (this interval's FULL view, a failed read, or nothing) adds."""
+        if self._context is None:
+            self._show(read)
+        else:
+            self._context.run(self._show, read)
 
-    async def read(self, reads: LogReads) -> None:
-        try:
-            task = await reads.read(self.tes_task_id)
-            if task is None:
-                return
-        except Exception as err:  # live logs are a view: whatever stops a read must not end them
+    def _show(self, read: TesTask | Exception | None) -> None:
+        lines: list[str] = []
+        if isinstance(read, TesTask):
+            try:
+                lines = self.follower.update(read)
+            except Exception as err:  # live logs are a view: a bug in one must not end them
+                read = err
+        if isinstance(read, Exception):
             if not self._failing:
-                reason = str(err) if isinstance(err, TesError) else repr(err)
+                reason = str(read) if isinstance(read, TesError) else repr(read)
                 self.log.warning(
                     "Live logs of TES task %s: could not read them (%s)", self.tes_task_id, reason
                 )
             self._failing = True
             return
-        self._failing = False
-        if lines := self.follower.update(task):
+        if read is not None:
+            self._failing = False
+        if lines:
             # One record per read, its lines joined: they were all read at this moment, and the
             # triggerer's logging costs per record, so a chatty task costs what a quiet one does.
             self.log.info("%s", "\n".join(lines))
@@ -283,16 +289,14 @@ MAX_BACKOFF_EXPONENT = 5
 #: ``max_response_bytes`` at Funnel's 10 KiB stdout tails.
 FULL_PAGE_SIZE = 64
 
-_Listing = asyncio.Task[dict[str, TesTask]]
-
 
 class _NotFull(TesMalformedResponseError):
     """A listing asked for the FULL view answered with less."""
 
 
 class LogReads:
-    """The FULL views of the tasks followed at one interval on one poller, read as cheaply as
-    the server allows.
+    """The FULL views of the tasks followed at one interval on one poller, read on one clock
+    and as cheaply as the server allows.
 
     A FULL GET per followed task and interval costs about 1 ms of the triggerer's CPU, most of it
     the HTTP exchange itself; 100 followed tasks at 10 s would cost more than the coalesced status
@@ -302,6 +306,9 @@ class LogReads:
     and for a task the listing does not show (just moved on, or on a server that lists without
     the FULL view), its own GET. A listing that fails is not tried again for a while; the GETs
     cover it.
+
+    The clock is a task of its own, in a context of its own (its own log lines are the
+    triggerer's, not some trigger's); it runs while anyone follows.
     """
 
     _registry: dict[tuple[int, float], LogReads] = {}  # noqa: RUF012 - process-wide on purpose
@@ -309,92 +316,126 @@ class LogReads:
     def __init__(self, poller: SharedStatusPoller, interval: float) -> None:
         self.poller = poller
         self.interval = interval
-        self.followed: collections.Counter[str] = collections.Counter()
+        #: Who follows which task (two triggers may follow one task).
+        self.followers: dict[str, list[LiveLog]] = {}
         #: Followed tasks the last listing of their state showed: one missing from the next has
-        #: moved on (see :meth:`read`).
+        #: moved on (see :meth:`_read_state`).
         self._listed_before: set[str] = set()
         self.listings = 0
-        #: This moment's listing of each state worth listing, and when the choice was made.
-        self._listings: dict[TesState, _Listing | None] = {}
-        self._chosen_at = -math.inf
         self._failures = 0
         self._list_from = -math.inf
-        #: The readers of one interval come at once: their GETs take at most half of the
-        #: connection's request slots, so the status rounds never queue behind them.
+        self._clock: asyncio.Task[None] | None = None
+        #: The reads of one tick come at once: their GETs take at most half of the connection's
+        #: request slots, so the status rounds never queue behind them.
         self._gets: asyncio.Semaphore | None = None
 
-    @classmethod
-    def of(cls, poller: SharedStatusPoller, interval: float) -> LogReads:
-        """The reads of the tasks followed now on ``poller`` at ``interval``, or new ones."""
-        reads = cls._registry.get((id(poller), float(interval)))
-        return reads if reads is not None and reads.poller is poller else cls(poller, interval)
+    @property
+    def followed(self) -> set[str]:
+        return set(self.followers)
 
     @classmethod
-    @contextlib.contextmanager
-    def following(cls, poller: SharedStatusPoller, interval: float, task_id: str) -> Iterator[LogReads]:
-        """Follow ``task_id`` with the others followed at this interval: registered here, as the
-        follower joins, and dropped as the last one leaves (never held by a follower to be)."""
-        key = (id(poller), float(interval))
-        reads = cls._registry[key] = cls.of(poller, interval)
-        reads.followed[task_id] += 1
-        try:
-            yield reads
-        finally:
-            reads.followed[task_id] -= 1
-            if reads.followed[task_id] <= 0:
-                del reads.followed[task_id]
-                reads._listed_before.discard(task_id)
-            if not reads.followed and cls._registry.get(key) is reads:
-                del cls._registry[key]
+    def join(cls, live: LiveLog) -> LogReads:
+        """Add ``live`` to the reads of its poller and interval (made, and their clock started,
+        as the first follower joins; dropped as the last one leaves)."""
+        key = (id(live.poller), live.interval)
+        reads = cls._registry.get(key)
+        if reads is None or reads.poller is not live.poller:
+            reads = cls._registry[key] = cls(live.poller, live.interval)
+        reads.followers.setdefault(live.tes_task_id, []).append(live)
+        if reads._clock is None:
+            name = f"tes-live-logs-{live.interval:g}s"
+            reads._clock = asyncio.create_task(reads._run(), name=name, context=contextvars.Context())
+        return reads
 
-    async def read(self, task_id: str) -> TesTask | None:
-        """The FULL view of ``task_id``: from this interval's shared listing, or by its own GET;
-        ``None`` when a task that listings showed before has just left the listed state (it is
-        ending: the poller says so within a round, and the worker's last read shows the rest)."""
-        state = self.poller.last_state(task_id)
-        listing = None if state is None else self._listing_of(state)
-        if listing is not None:
+    def leave(self, live: LiveLog) -> None:
+        lives = self.followers.get(live.tes_task_id, [])
+        if live in lives:
+            lives.remove(live)
+        if not lives:
+            self.followers.pop(live.tes_task_id, None)
+            self._listed_before.discard(live.tes_task_id)
+        if not self.followers:
+            if self._clock is not None:
+                self._clock.cancel()
+                self._clock = None
+            key = (id(self.poller), self.interval)
+            if self._registry.get(key) is self:
+                del self._registry[key]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            # On the interval's clock, not a trigger's start: every follower is read at the same
+            # moment, which lets one listing serve them all.
+            await asyncio.sleep(self.interval - loop.time() % self.interval)
             try:
-                # Taken, not copied: a listing holds each task until its reader has it.
-                task = (await asyncio.shield(listing)).pop(task_id, None)
-            except Exception as err:  # whatever failed, the task's own GET still may not
-                task = None
-                self._listing_failed(listing, err)
-            if task is not None:
-                self._listed_before.add(task_id)
-                return task
-            if task_id in self._listed_before and listing.done() and not listing.exception():
-                # Once: a task still missing next time is read by GET (a server's listing may
-                # leave it out for good; its lines are not to wait for its end).
-                self._listed_before.discard(task_id)
-                return None
-        if self._gets is None:
-            settings = await self.poller.hook.a_settings()
-            self._gets = asyncio.Semaphore(max(1, settings.max_concurrency // 2))
-        async with self._gets:
-            return await self.poller.hook.a_get_task(task_id, view=TesView.FULL)
+                await self.read_all()
+            except Exception:  # whatever went wrong, the next tick reads again
+                log.exception("Live logs: a round of reads failed; reading again in %gs", self.interval)
 
-    def _listing_of(self, state: TesState) -> _Listing | None:
-        """This moment's listing of ``state`` if one is worth it: the choice is made once per
-        interval (the readers of one interval come together), the listing started by the first
-        reader that needs it."""
-        now = asyncio.get_running_loop().time()
-        if now < self._list_from:
-            return None
-        if now - self._chosen_at >= self.interval / 2:
-            self._chosen_at = now
-            in_state = collections.Counter(self.poller.last_state(task_id) for task_id in self.followed)
-            self._listings = {}
-            for listed in LISTED_FOR_LOGS:
-                total = self.poller.listed_count(listed)
-                if total is not None and in_state[listed] >= max(LIST_MIN_FOLLOWED, LIST_MIN_SHARE * total):
-                    self._listings[listed] = None
-        if state not in self._listings:
-            return None
-        listing = self._listings[state]
-        if listing is None:
-            listing = self._listings[state] = asyncio.create_task(self._list_followed(state))
-        return listing
+    async def read_all(self) -> None:
+        """One tick: every followed task read (by its state's listing or its own GET) and its
+        read shown to its followers as it comes."""
+        by_state: dict[TesState | None, list[str]] = {}
+        for task_id in self.followers:
+            by_state.setdefault(self.poller.last_state(task_id), []).append(task_id)
+        listed = self._states_to_list(by_state)
+        await asyncio.gather(
+            *(self._read_state(state, ids, listed=state in listed) for state, ids in by_state.items())
+        )
+
+    def _states_to_list(self, by_state: Mapping[TesState | None, list[str]]) -> set[TesState | None]:
+        if asyncio.get_running_loop().time() < self._list_from:
+            return set()
+        chosen: set[TesState | None] = set()
+        for state in LISTED_FOR_LOGS:
+            total = self.poller.listed_count(state)
+            if total is not None and len(by_state.get(state, ())) >= max(
+                LIST_MIN_FOLLOWED, LIST_MIN_SHARE * total
+            ):
+                chosen.add(state)
+        return chosen
+
+    async def _read_state(self, state: TesState | None, ids: list[str], *, listed: bool) -> None:
+        if listed and state is not None:
+            try:
+                found = await self._list_followed(state)
+            except Exception as err:  # whatever failed, the tasks' own GETs still may not
+                self._listing_failed(err)
+            else:
+                unlisted = []
+                for task_id in ids:
+                    task = found.pop(task_id, None)
+                    if task is not None:
+                        self._listed_before.add(task_id)
+                        self._show(task_id, task)
+                    elif task_id in self._listed_before:
+                        # Once: a task still missing next time is read by GET (a server's
+                        # listing may leave it out for good; its lines are not to wait for its
+                        # end). Usually it is ending: the poller says so within a round, and the
+                        # worker's last read shows the rest.
+                        self._listed_before.discard(task_id)
+                    else:
+                        unlisted.append(task_id)
+                ids = unlisted
+        await asyncio.gather(*(self._get(task_id) for task_id in ids))
+
+    async def _get(self, task_id: str) -> None:
+        read: TesTask | Exception
+        try:
+            if self._gets is None:
+                settings = await self.poller.hook.a_settings()
+                self._gets = asyncio.Semaphore(max(1, settings.max_concurrency // 2))
+            async with self._gets:
+                read = await self.poller.hook.a_get_task(task_id, view=TesView.FULL)
+        except Exception as err:  # said by each follower, once
+            read = err
+        self._show(task_id, read)
+
+    def _show(self, task_id: str, read: TesTask | Exception) -> None:
+        # Only to who still follows: a follower that handed over has shown its last line.
+        for live in list(self.followers.get(task_id, ())):
+            live.show(read)
 
     async def _list_followed(self, state: TesState) -> dict[str, TesTask]:
         self.listings += 1
@@ -408,9 +449,9 @@ class LogReads:
                 found.update(
                     (task.id, task)
                     for task in page.tasks
-                    if task.id and task.id in self.followed and task.state is state
+                    if task.id and task.id in self.followers and task.state is state
                 )
-                not_full += sum(1 for task_id in page.partial if task_id in self.followed)
+                not_full += sum(1 for task_id in page.partial if task_id in self.followers)
         if not_full and not found:
             raise _NotFull(
                 f"the server lists tasks without their FULL view ({not_full} followed ones lack executors)"
@@ -418,15 +459,15 @@ class LogReads:
         self._failures = 0
         return found
 
-    def _listing_failed(self, listing: _Listing, err: Exception) -> None:
-        if listing not in self._listings.values():
-            return  # another reader of the same listing has said so
-        self._listings = {}
+    def _listing_failed(self, err: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._list_from:
+            return  # another listing of the same tick has said so
         # A refusal may pass (tried again after 2, 4, ... intervals); a server that lists without
         # the FULL view will not change (tried again after the longest wait).
         self._failures = MAX_BACKOFF_EXPONENT if isinstance(err, _NotFull) else self._failures + 1
         backoff = 2 ** min(self._failures, MAX_BACKOFF_EXPONENT) * self.interval
-        self._list_from = asyncio.get_running_loop().time() + backoff
+        self._list_from = now + backoff
         log.info("FULL listing for live logs failed (%r); each task is read by GET for %.0fs", err, backoff)
 
 

@@ -145,7 +145,7 @@ class TesTaskTrigger(BaseTrigger):
                     return
         finally:
             if live is not None:
-                await live.stop()
+                live.stop()
 
     async def _wait(
         self, poller: SharedStatusPoller, updates: asyncio.Queue[StatusUpdate], live: LiveLog | None
@@ -199,7 +199,7 @@ class TesTaskTrigger(BaseTrigger):
                 "TES task %s is %s after %s%s", self.tes_task_id, state.value, self._elapsed(), previous
             )
             if state.is_terminal:
-                handover = await live.handover() if live is not None else None
+                handover = live.handover() if live is not None else None
                 yield self._event(
                     EventStatus.TERMINAL,
                     f"TES task ended {state.value}",
