@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import structlog.contextvars
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState
@@ -527,6 +529,40 @@ async def test_rounds_that_fail_unexpectedly_are_delivered_and_retried(fake: Fak
     )
     assert doomed["status"] == "error"
     assert "RuntimeError" in doomed["message"] and "something odd" in doomed["message"]
+
+
+async def test_the_pollers_own_lines_are_the_triggerers_not_the_first_triggers(fake: FakeTes) -> None:
+    """The triggerer routes a record to a task log by context variables it binds per trigger
+    (structlog's ``trigger_id``); the poller one trigger started serves them all and must not
+    write into that one's task log (see ``triggers/shared.py``)."""
+    routed: list[Any] = []
+
+    class Routing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            routed.append(structlog.contextvars.get_contextvars().get("trigger_id"))
+
+    async def first_trigger() -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(trigger_id=1)
+        return await _first_event(TesTaskTrigger("a", CONN, poll_interval=0.05))
+
+    handler = Routing()
+    logging.getLogger(polling.__name__).addHandler(handler)
+    fake.refuse_listing = True  # the poller says so in its own log, now and then
+    fake.add("a")
+    _register(fake, 0.05)
+    run = asyncio.create_task(first_trigger())
+    try:
+        for _ in range(100):
+            if routed:
+                break
+            await asyncio.sleep(0.05)
+        fake.tasks["a"]["state"] = "COMPLETE"
+        assert (await asyncio.wait_for(run, 5))["state"] == "COMPLETE"
+    finally:
+        logging.getLogger(polling.__name__).removeHandler(handler)
+        SharedStatusPoller._registry.clear()
+    assert routed, "the refused listing was said"
+    assert set(routed) == {None}, "said in the first trigger's context"
 
 
 # -- what a watch costs (issue 14) -----------------------------------------------------------------

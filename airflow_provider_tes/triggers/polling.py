@@ -54,6 +54,7 @@ from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.identity import COALESCE_TAG, DEPLOYMENT_TAG
 from airflow_provider_tes.models import MAX_PAGE_SIZE, TesState, TesView
 from airflow_provider_tes.triggers.clients import acquire_hook, release_hook
+from airflow_provider_tes.triggers.shared import shared_task
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class SharedStatusPoller:
         newcomer = task_id not in self.watches
         self.watches.setdefault(task_id, []).append(entry)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"tes-poller-{self.tes_conn_id}")
+            self._task = shared_task(self._run(), name=f"tes-poller-{self.tes_conn_id}")
         elif newcomer and self.rounds:
             # Its first state is wanted now, not at the next round; one GET, no extra round.
             self._look_up([task_id])
@@ -407,7 +408,7 @@ class SharedStatusPoller:
                 self._lookup_pending.add(task_id)
                 self._lookup_queue.append(task_id)
         while self._lookup_queue and len(self._lookup_workers) < self._lookup_concurrency:
-            worker = asyncio.create_task(self._lookup_worker(), name=f"tes-lookup-{self.tes_conn_id}")
+            worker = shared_task(self._lookup_worker(), name=f"tes-lookup-{self.tes_conn_id}")
             self._lookup_workers.add(worker)
             worker.add_done_callback(self._lookup_workers.discard)
 

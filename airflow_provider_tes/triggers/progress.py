@@ -34,6 +34,7 @@ from airflow_provider_tes.container import EXIT_CODE_MARKER
 from airflow_provider_tes.exceptions import TesError, TesMalformedResponseError
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.redaction import system_logs
+from airflow_provider_tes.triggers.shared import shared_task
 
 if TYPE_CHECKING:
     from airflow_provider_tes.triggers.polling import SharedStatusPoller
@@ -307,8 +308,8 @@ class LogReads:
     the FULL view), its own GET. A listing that fails is not tried again for a while; the GETs
     cover it.
 
-    The clock is a task of its own, in a context of its own (its own log lines are the
-    triggerer's, not some trigger's); it runs while anyone follows.
+    The clock is a task of its own (see :mod:`~airflow_provider_tes.triggers.shared`); it runs
+    while anyone follows.
     """
 
     _registry: dict[tuple[int, float], LogReads] = {}  # noqa: RUF012 - process-wide on purpose
@@ -344,7 +345,7 @@ class LogReads:
         reads.followers.setdefault(live.tes_task_id, []).append(live)
         if reads._clock is None:
             name = f"tes-live-logs-{live.interval:g}s"
-            reads._clock = asyncio.create_task(reads._run(), name=name, context=contextvars.Context())
+            reads._clock = shared_task(reads._run(), name=name)
         return reads
 
     def leave(self, live: LiveLog) -> None:
