@@ -282,6 +282,10 @@ async def _child_main(
             "lag_max_ms": 1000 * max(lags, default=0.0),
             "gc_max_ms": 1000 * max((d for _, d in gc_pauses), default=0.0),
             "gc_full_collections": sum(1 for g, _ in gc_pauses if g == 2),
+            # Per generation: collections and their pauses in all (where a difference in CPU
+            # between two runs goes when the code run is the same).
+            "gc_collections": [sum(1 for g, _ in gc_pauses if g == gen) for gen in range(3)],
+            "gc_ms": [1000 * sum(d for g, d in gc_pauses if g == gen) for gen in range(3)],
         }
     monitor.cancel()
     return {
@@ -652,7 +656,9 @@ def run(
                         f"{_num(pr['rounds_per_interval'])}, delay p50/p99 {_num(pr['delay_p50'])}/"
                         f"{_num(pr['delay_p99'])}, events {pr['events_for_flipped']}/{pr['flipped']}, "
                         f"lag p99 {pr['lag_p99_ms']:.0f} ms, max {pr['lag_max_ms']:.0f} ms (longest GC pause "
-                        f"{pr['gc_max_ms']:.0f} ms, {pr['gc_full_collections']} full collections)"
+                        f"{pr['gc_max_ms']:.0f} ms, {pr['gc_full_collections']} full collections; "
+                        f"collections {pr['gc_collections']}, ms {[round(ms) for ms in pr['gc_ms']]} "
+                        "by generation)"
                     )
             results = {mode: _median_run(measured) for mode, measured in runs.items()}
             raw["runs"][str(n)] = {
