@@ -41,7 +41,7 @@ class TesTaskEvent:
     #: Executor-log lines the trigger already showed in the task log (live logs).
     lines_shown: int = 0
     #: Where the worker's last read of the executor log continues from (live logs; see
-    #: :meth:`~airflow_provider_tes.triggers.progress.LogFollower.handover`).
+    #: :meth:`~airflow_provider_tes.log_follower.LogFollower.handover`).
     live_log: dict[str, Any] | None = None
 
     def to_trigger_event(self) -> TriggerEvent:

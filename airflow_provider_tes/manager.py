@@ -21,13 +21,13 @@ from airflow_provider_tes.container import (
 )
 from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
 from airflow_provider_tes.identity import OutputFolder, TaskIdentity, Tenant
+from airflow_provider_tes.log_follower import LogFollower
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
 from airflow_provider_tes.redaction import system_logs
 from airflow_provider_tes.run_state import RunState
 from airflow_provider_tes.storage import read_text_tail, resolve_aws_conn_id
 from airflow_provider_tes.task_spec import TaskPlan, TaskSpec, TaskTemplate
-from airflow_provider_tes.triggers.progress import LogFollower
 
 if TYPE_CHECKING:
     from airflow_provider_tes.hooks.tes import TesHook

@@ -10,8 +10,8 @@ import pytest
 
 from airflow_provider_tes.container import EXIT_CODE_MARKER
 from airflow_provider_tes.events import EventStatus, TesTaskEvent
+from airflow_provider_tes.log_follower import LogFollower
 from airflow_provider_tes.models import TesState, TesTask
-from airflow_provider_tes.triggers.progress import LogFollower
 
 
 def task(

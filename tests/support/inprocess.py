@@ -42,7 +42,7 @@ def lines_on_resume(payload: dict[str, Any], task: Any) -> list[str]:
     """What the worker shows when a trigger's event resumes it (the operator's manager does
     this with the task's final FULL view): the live-log lines the trigger had not shown. The
     payload's ``lines_shown`` becomes the total."""
-    from airflow_provider_tes.triggers.progress import LogFollower
+    from airflow_provider_tes.log_follower import LogFollower
 
     follower = LogFollower.taking_over(payload["live_log"])
     lines = follower.update(task, final=True)
