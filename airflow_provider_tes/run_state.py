@@ -21,6 +21,12 @@ from airflow_provider_tes.identity import OutputFolder, TaskIdentity
 
 #: XCom key of the run state.
 RUN_STATE_KEY = "tes_run_state"
+#: The XCom key of the TES task a try waits for, published before it defers; a trigger asked to
+#: stop reads it back to learn whether the try moved on to another task.
+TES_TASK_ID_KEY = "tes_task_id"
+#: The XCom key where a trigger keeps how far its live log got (a follower's handover, no output),
+#: so that a trigger that takes the task over in another triggerer goes on from there.
+LIVE_LOG_KEY = "tes_live_log"
 #: Shape written by :meth:`RunState.to_xcom`. Version 0 is the untyped dict of provider 0.1.0
 #: (keys ``task``, ``identity``, ``out_dir``, ``attempts``, ``next_attempt``,
 #: ``preemptible_left``, ``deadline``), still read so tasks deferred before an upgrade resume.

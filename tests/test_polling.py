@@ -569,18 +569,63 @@ async def test_the_pollers_own_lines_are_the_triggerers_not_the_first_triggers(f
 
 
 async def test_a_newcomer_costs_one_get_and_no_round(fake: FakeTes, poller: SharedStatusPoller) -> None:
-    for i in range(20):
+    few = polling.ARRIVALS_FOR_A_ROUND - 1
+    for i in range(few + 1):
         fake.add(f"t{i}")
     async with poller.watch("t0") as first:
         await _next(first)
         await _settle()
         rounds = poller.rounds
         fake.calls.clear()
-        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, 20)]) as queues:
+        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, few + 1)]) as queues:
             updates = await asyncio.gather(*(_next(q) for q in queues))
             assert {u.state for u in updates} == {TesState.RUNNING}
-            assert poller.rounds == rounds, "new watches start no round"
-            assert fake.calls == Counter({"get": 19})
+            assert poller.rounds == rounds, "a few new watches start no round"
+            assert fake.calls == Counter({"get": few})
+
+
+@pytest.mark.parametrize("moved", [polling.ARRIVALS_FOR_A_ROUND, 600])
+async def test_a_takeover_of_many_triggers_costs_one_round_not_a_get_each(
+    fake: FakeTes, poller: SharedStatusPoller, moved: int
+) -> None:
+    """Another triggerer died: its triggers start here at once, beside this one's own."""
+    for i in range(moved + 1):
+        fake.add(f"t{i}", state="RUNNING" if i % 2 else "QUEUED")
+    async with poller.watch("t0") as own:
+        await _next(own)
+        await _settle()
+        rounds = poller.rounds
+        fake.calls.clear()
+        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, moved + 1)]) as queues:
+            updates = await asyncio.gather(*(_next(q) for q in queues))
+            assert [u.state for u in updates] == [
+                TesState.RUNNING if i % 2 else TesState.QUEUED for i in range(1, moved + 1)
+            ]
+            assert poller.rounds == rounds + 1 and poller.early_rounds == 1
+            # One listing per listed state (600 tasks fit a page), and no GET at all.
+            assert fake.calls == Counter({"list": len(polling.LISTED_STATES)}), fake.calls
+
+
+async def test_arrivals_that_keep_coming_start_one_early_round_an_interval(fake: FakeTes) -> None:
+    crowd = polling.ARRIVALS_FOR_A_ROUND
+    for i in range(3 * crowd + 1):
+        fake.add(f"t{i}")
+    poller = _register(fake, 3600.0)
+    try:
+        async with poller.watch("t0") as own:
+            await _next(own)
+            await _settle()
+            fake.calls.clear()
+            async with contextlib.AsyncExitStack() as stack:
+                for wave in range(3):
+                    ids = [f"t{i}" for i in range(1 + wave * crowd, 1 + (wave + 1) * crowd)]
+                    queues = [await stack.enter_async_context(poller.watch(i)) for i in ids]
+                    await asyncio.gather(*(_next(q) for q in queues))
+            # The first crowd: an early round; the next two, within the same interval: GETs.
+            assert poller.early_rounds == 1
+            assert fake.calls == Counter({"list": len(polling.LISTED_STATES), "get": 2 * crowd})
+    finally:
+        SharedStatusPoller._registry.clear()
 
 
 async def test_a_round_does_not_wait_for_its_lookups(fake: FakeTes) -> None:

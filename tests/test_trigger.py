@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,7 +23,9 @@ import structlog.testing
 
 from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesExecutor, TesState, TesTask
+from airflow_provider_tes.run_state import TES_TASK_ID_KEY
 from airflow_provider_tes.triggers import clients as clients_module
+from airflow_provider_tes.triggers import task_sdk
 from airflow_provider_tes.triggers.polling import LISTED_STATES
 from airflow_provider_tes.triggers.tes import TesTaskTrigger
 from tests.support.tes_proxy import TesProxy
@@ -315,6 +318,82 @@ async def test_on_kill_cancels_the_task(direct: TesHook, conn: str) -> None:
     task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "kill"))
     assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
     trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)
+
+    await asyncio.wait_for(trigger.on_kill(), 30)
+
+    assert await _wait_state(direct, task_id, {TesState.CANCELED}) is TesState.CANCELED
+
+
+def _deferred_ti(map_index: int = -1) -> Any:
+    """What the triggerer sets as a trigger's ``task_instance`` (the fields ``on_kill`` asks by)."""
+    return SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=map_index, try_number=1)
+
+
+def _airflow_says(monkeypatch: pytest.MonkeyPatch, state: str | None, published: Any) -> list[str]:
+    """Airflow's answers to the trigger's two questions (the task SDK needs a triggerer's
+    supervisor; the deployment suite asks a real one). Returns the questions asked."""
+    asked: list[str] = []
+
+    def task_state(ti: Any) -> tuple[bool, str | None]:
+        asked.append(f"state of {ti.dag_id}/{ti.run_id}/{ti.task_id}")
+        return True, state
+
+    def get_xcom(ti: Any, key: str) -> Any:
+        asked.append(f"xcom {key}")
+        return published
+
+    monkeypatch.setattr(task_sdk, "_task_state", task_state)
+    monkeypatch.setattr(task_sdk, "_get_xcom", get_xcom)
+    return asked
+
+
+async def test_on_kill_leaves_a_task_that_is_still_deferred_on_another_triggerer(
+    monkeypatch: pytest.MonkeyPatch, direct: TesHook, conn: str
+) -> None:
+    """A stalled triggerer resumes after another took its trigger over: the task instance is
+    still deferred on this TES task, so the TES task is not canceled."""
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "moved"))
+    assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
+    asked = _airflow_says(monkeypatch, "deferred", task_id)
+    trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)
+    trigger.task_instance = _deferred_ti()
+
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(trigger.on_kill(), 30)
+
+    assert asked == ["state of d/r/t", f"xcom {TES_TASK_ID_KEY}"]
+    await asyncio.sleep(1.5)
+    assert (await asyncio.to_thread(direct.get_task, task_id)).state is TesState.RUNNING
+    said = " ".join(str(entry.get("event")) for entry in logs)
+    assert f"Not canceling TES task {task_id}: the task instance is still deferred" in said, said
+    await asyncio.to_thread(direct.cancel_task, task_id)
+
+
+async def test_on_kill_leaves_the_task_when_airflow_cannot_be_asked(direct: TesHook, conn: str) -> None:
+    """Outside a triggerer's supervisor (or with the api-server away) the task SDK fails: a
+    doubt never cancels."""
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "unasked"))
+    assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
+    trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)
+    trigger.task_instance = _deferred_ti(map_index=3)
+
+    await asyncio.wait_for(trigger.on_kill(), 30)
+
+    await asyncio.sleep(1.5)
+    assert (await asyncio.to_thread(direct.get_task, task_id)).state is TesState.RUNNING
+    await asyncio.to_thread(direct.cancel_task, task_id)
+
+
+@pytest.mark.parametrize(("state", "moved_on"), [("failed", False), (None, False), ("deferred", True)])
+async def test_on_kill_cancels_when_nobody_waits(
+    monkeypatch: pytest.MonkeyPatch, direct: TesHook, conn: str, state: str | None, moved_on: bool
+) -> None:
+    """Marked failed, cleared (no state yet), or deferred again on another TES task: canceled."""
+    task_id = await asyncio.to_thread(direct.create_task, _shell_task("sleep 300", "owned"))
+    assert await _wait_state(direct, task_id, {TesState.RUNNING}) is TesState.RUNNING
+    _airflow_says(monkeypatch, state, "another-task" if moved_on else task_id)
+    trigger = TesTaskTrigger(task_id, conn, poll_interval=0.2)
+    trigger.task_instance = _deferred_ti()
 
     await asyncio.wait_for(trigger.on_kill(), 30)
 

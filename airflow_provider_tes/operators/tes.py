@@ -26,7 +26,7 @@ from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.links import TesOutputsLink, TesTaskLink
 from airflow_provider_tes.manager import TesTaskManager
 from airflow_provider_tes.models import TesExecutor, TesState
-from airflow_provider_tes.run_state import RUN_STATE_KEY, RunState
+from airflow_provider_tes.run_state import RUN_STATE_KEY, TES_TASK_ID_KEY, RunState
 from airflow_provider_tes.script_file import looks_like_script_file, read_script_file
 from airflow_provider_tes.task_spec import TaskSpec
 from airflow_provider_tes.waiting import TesWaitMixin
@@ -211,7 +211,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
     def _publish(self, context: Context, run_state: RunState) -> None:
         """Store the id and links before deferring, so the UI shows them while the task runs."""
         self.tes_task_id = run_state.tes_task_id
-        context["ti"].xcom_push(key="tes_task_id", value=self.tes_task_id)
+        context["ti"].xcom_push(key=TES_TASK_ID_KEY, value=self.tes_task_id)
         self.publish_task_link(context, self.tes_task_id)
         if run_state.output_folder:
             TesOutputsLink.persist(context, outputs_url=run_state.output_folder.url)

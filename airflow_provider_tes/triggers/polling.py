@@ -40,6 +40,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -78,6 +79,12 @@ BULK_MIN_HITS_PER_PAGE = 32
 #: many: a server that never lists costs one listing per few minutes, one that lists again
 #: (a gateway fixed, a transient error) is listed again soon.
 MAX_LISTING_BACKOFF_ROUNDS = 32
+#: Watches that start within this many seconds of each other arrive together (a triggerer that
+#: takes another's triggers over, or starts up, starts hundreds of watches at once)...
+ARRIVAL_WINDOW = 0.25
+#: ...and from this many on they are found by the next round, started early (once an interval
+#: at most), instead of a GET each: a round costs a listing per listed state.
+ARRIVALS_FOR_A_ROUND = 16
 #: Event-loop fairness: long loops over tasks yield to the loop every this many tasks.
 CHUNK = 2000
 #: Tasks per listing page: the most TES allows.
@@ -138,6 +145,13 @@ class SharedStatusPoller:
         self._credential_generation = 0
         self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        #: Watches started within the arrival window, and the task that settles them; see
+        #: :meth:`_arrive`. ``_wake`` starts the next round now; rounds started so, and when.
+        self._arrivals: set[str] = set()
+        self._arrivals_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.early_rounds = 0
+        self._early_round_at = -math.inf
 
     @property
     def can_list(self) -> bool:
@@ -175,8 +189,7 @@ class SharedStatusPoller:
         if self._task is None or self._task.done():
             self._task = shared_task(self._run(), name=f"tes-poller-{self.tes_conn_id}")
         elif newcomer and self.rounds:
-            # Its first state is wanted now, not at the next round; one GET, no extra round.
-            self._look_up([task_id])
+            self._arrive(task_id)
         try:
             yield entry.queue
         finally:
@@ -195,8 +208,9 @@ class SharedStatusPoller:
         for key, poller in list(self._registry.items()):
             if poller is self:
                 del self._registry[key]
-        tasks = [t for t in (self._task, *self._lookup_workers) if t is not None]
-        self._task = None
+        tasks = [t for t in (self._task, self._arrivals_task, *self._lookup_workers) if t is not None]
+        self._task = self._arrivals_task = None
+        self._arrivals.clear()
         self._lookup_workers.clear()
         self._lookup_queue.clear()
         self._lookup_pending.clear()
@@ -230,8 +244,36 @@ class SharedStatusPoller:
                 self._deliver_all(set(self.watches), StatusUpdate(error=_unexpected(err, "a status round")))
             # Rounds start one interval apart however long a round takes (a listing of
             # thousands of tasks takes a while), so a state change is seen within an interval
-            # plus one round, not an interval plus two.
-            await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
+            # plus one round, not an interval plus two; a crowd of arrivals starts one early.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, started + self.interval - loop.time()))
+            self._wake.clear()
+
+    def _arrive(self, task_id: str) -> None:
+        """A watch started between rounds: its first state is wanted now, not at the next round.
+
+        One arrival costs one GET. A crowd (a takeover moves hundreds of triggers into this
+        triggerer at once) is found by one round started early instead, a listing per state
+        for all of them; early rounds are one an interval at most, so arrivals that keep coming
+        cost no more than twice the rounds.
+        """
+        self._arrivals.add(task_id)
+        if self._arrivals_task is None or self._arrivals_task.done():
+            name = f"tes-arrivals-{self.tes_conn_id}"
+            self._arrivals_task = shared_task(self._settle_arrivals(), name=name)
+
+    async def _settle_arrivals(self) -> None:
+        await asyncio.sleep(ARRIVAL_WINDOW)
+        arrived = {task_id for task_id in self._arrivals if task_id in self.watches}
+        self._arrivals.clear()
+        now = asyncio.get_running_loop().time()
+        crowd = len(arrived) >= ARRIVALS_FOR_A_ROUND and self.can_list
+        if crowd and now - self._early_round_at >= self.interval:
+            self._early_round_at = now
+            self.early_rounds += 1
+            self._wake.set()
+        else:
+            self._look_up(arrived)
 
     async def poll_once(self, *, wait_for_lookups: bool = True) -> None:
         """One round: the coalesced listing, then lookups of watched tasks it did not show.

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_tes.exceptions import TesError, TesMalformedResponseError
 from airflow_provider_tes.log_follower import LogFollower
 from airflow_provider_tes.models import TesState, TesTask, TesView
+from airflow_provider_tes.run_state import LIVE_LOG_KEY
 from airflow_provider_tes.triggers.shared import shared_task
+from airflow_provider_tes.triggers.task_sdk import get_xcom, set_xcom
 
 if TYPE_CHECKING:
     from airflow_provider_tes.triggers.polling import SharedStatusPoller
@@ -43,7 +45,12 @@ class LiveLog:
     """
 
     def __init__(
-        self, poller: SharedStatusPoller, tes_task_id: str, interval: float, log: logging.Logger | Any
+        self,
+        poller: SharedStatusPoller,
+        tes_task_id: str,
+        interval: float,
+        log: logging.Logger | Any,
+        ti: Any = None,
     ) -> None:
         self.poller = poller
         self.tes_task_id = tes_task_id
@@ -53,11 +60,71 @@ class LiveLog:
         self._failing = False
         self._context: contextvars.Context | None = None
         self._reads: LogReads | None = None
+        #: The trigger's task instance (in a triggerer): where the position is kept across
+        #: triggerers (see :meth:`resume`).
+        self._ti = ti
+        self._saving: asyncio.Task[None] | None = None
+        self._unsaved = False
 
     def start(self) -> None:
         """Follow from the next tick of the interval's clock on."""
         self._context = contextvars.copy_context()
         self._reads = LogReads.join(self)
+
+    async def resume(self) -> None:
+        """Go on where a trigger of the same task stopped in another triggerer, if one did.
+
+        Triggers move between triggerers (one dies or stalls, another takes its triggers over),
+        and the new trigger knows nothing of the lines the old one showed. So each read that
+        shows lines keeps the follower's position (its handover: lengths and a digest, no
+        output) in the task instance's XCom :data:`LIVE_LOG_KEY`, and a trigger starting on a
+        task that has one goes on from it instead of showing every line again. A position that
+        cannot be read starts from the beginning (lines shown twice rather than lost).
+        """
+        if self._ti is None:
+            return
+        try:
+            kept = await get_xcom(self._ti, LIVE_LOG_KEY)
+            if not isinstance(kept, Mapping) or kept.get("tes_task_id") != self.tes_task_id:
+                return
+            self.follower = LogFollower.taking_over(kept["position"])
+        except Exception as err:  # a view: without the position, lines show again
+            self.log.warning(
+                "Live logs of TES task %s: where an earlier trigger stopped is unknown (%r); "
+                "lines it showed may be shown again",
+                self.tes_task_id,
+                err,
+            )
+            return
+        self.log.info(
+            "Live logs of TES task %s go on after line %d (shown by an earlier trigger)",
+            self.tes_task_id,
+            self.follower.lines_shown,
+        )
+
+    def _keep_position(self) -> None:
+        """Keep the position after this read's lines (one write at a time; the latest wins)."""
+        if self._ti is None:
+            return
+        self._unsaved = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.get_running_loop().create_task(self._save_position())
+
+    async def _save_position(self) -> None:
+        while self._unsaved:
+            self._unsaved = False
+            position = {"tes_task_id": self.tes_task_id, "position": self.follower.handover()}
+            try:
+                await set_xcom(self._ti, LIVE_LOG_KEY, position)
+            except Exception as err:  # a view: a later trigger may show these lines again
+                self.log.warning(
+                    "Live logs of TES task %s: could not keep their position (%r); another triggerer "
+                    "taking the task over would show these lines again",
+                    self.tes_task_id,
+                    err,
+                )
+                self._ti = None  # said once; nothing more is kept
+                return
 
     def stop(self) -> None:
         """Stop following, at once: a read under way is not shown."""
@@ -98,6 +165,7 @@ class LiveLog:
             # One record per read, its lines joined: they were all read at this moment, and the
             # triggerer's logging costs per record, so a chatty task costs what a quiet one does.
             self.log.info("%s", "\n".join(lines))
+            self._keep_position()
 
 
 #: States whose followed tasks may be read by one FULL listing of the state (queued tasks too:

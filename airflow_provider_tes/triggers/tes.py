@@ -22,6 +22,7 @@ from airflow_provider_tes.hooks.tes import TesHook
 from airflow_provider_tes.models import TesState, TesView
 from airflow_provider_tes.redaction import system_logs as redacted_system_logs
 from airflow_provider_tes.triggers.clients import borrowed_hook
+from airflow_provider_tes.triggers.ownership import ownership
 from airflow_provider_tes.triggers.polling import SharedStatusPoller, StatusUpdate
 from airflow_provider_tes.triggers.progress import LiveLog, StartupClock
 
@@ -132,8 +133,10 @@ class TesTaskTrigger(BaseTrigger):
 
     async def run(self) -> AsyncGenerator[TriggerEvent, None]:
         poller = SharedStatusPoller.for_connection(self.tes_conn_id, self.poll_interval, self.deployment)
-        live = LiveLog(poller, self.tes_task_id, self.log_interval, self.log) if self.log_interval else None
-        if live is not None:
+        live = None
+        if self.log_interval:
+            live = LiveLog(poller, self.tes_task_id, self.log_interval, self.log, ti=self.task_instance)
+            await live.resume()
             live.start()
         try:
             async with (
@@ -252,11 +255,23 @@ class TesTaskTrigger(BaseTrigger):
         return self._event(EventStatus.STARTUP_TIMEOUT, message)
 
     async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: stop the remote work too.
+        """The triggerer stopped this trigger because it is no longer assigned here: cancel the
+        TES task if nobody waits for it any more.
 
-        Airflow (>= 3.3) calls this only for user actions, never on triggerer restarts or
-        redistribution, so canceling here cannot kill a task that is merely being moved.
+        Airflow (>= 3.3) calls this after a user's clear or mark-failed/success, and also on a
+        triggerer that stalled past its health-check threshold while another took the trigger
+        over (the task instance still deferred). So it asks Airflow what became of the task
+        instance first (:mod:`~airflow_provider_tes.triggers.ownership`) and cancels only when no
+        try waits for the task; a trigger run outside a triggerer (no task instance) cancels.
         """
-        self.log.info("Canceling TES task %s on user request", self.tes_task_id)
+        ti = self.task_instance
+        if ti is not None:
+            verdict = await ownership(ti, self.tes_task_id)
+            if verdict.waited_for:
+                self.log.info("Not canceling TES task %s: %s", self.tes_task_id, verdict.reason)
+                return
+            self.log.info("Canceling TES task %s: %s", self.tes_task_id, verdict.reason)
+        else:
+            self.log.info("Canceling TES task %s on request", self.tes_task_id)
         async with borrowed_hook(self.tes_conn_id) as hook:
             await hook.a_cancel_task(self.tes_task_id)

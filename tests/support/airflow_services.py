@@ -24,6 +24,14 @@ TERMINAL_TI_STATES = {"success", "failed", "upstream_failed", "skipped", "remove
 
 
 class AirflowServices:
+    """The processes of one Airflow, each started by name and logged to ``service-logs/<name>.log``.
+
+    Subclasses (the production-shaped :class:`tests.support.deployment.Deployment`) name other
+    components in :attr:`components` and say how each starts in :meth:`command`.
+    """
+
+    components: tuple[str, ...] = COMPONENTS
+
     def __init__(self, env: AirflowEnv) -> None:
         self.env = env
         self.port = free_port()
@@ -49,14 +57,18 @@ class AirflowServices:
             }
         )
 
-    def start_component(self, name: str) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+    def command(self, name: str) -> list[str]:
+        """How the component ``name`` is started."""
         args = [AIRFLOW_BIN, name]
         if name == "api-server":
             args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        return args
+
+    def start_component(self, name: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            args,
+            self.command(name),
             env=self.env.env(),
             cwd=self.env.home,
             stdout=log,
@@ -76,7 +88,7 @@ class AirflowServices:
             proc.wait(10)
 
     def start(self, timeout: float = 180) -> AirflowServices:
-        for name in COMPONENTS:
+        for name in self.components:
             self.start_component(name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -95,11 +107,11 @@ class AirflowServices:
                 raise AssertionError(f"airflow {name} exited with {proc.returncode}\n{self.logs(name)}")
 
     def stop(self) -> None:
-        for name in reversed(COMPONENTS):
+        for name in reversed(self.components):
             self.stop_component(name)
 
     def logs(self, name: str | None = None, tail: int = 6000) -> str:
-        names = [name] if name else list(COMPONENTS)
+        names = [name] if name else list(self.components)
         out = []
         for n in names:
             path = self.log_dir / f"{n}.log"
