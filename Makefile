@@ -12,12 +12,13 @@ export FUNNEL_VERSION FUNNEL_BIN_DIR
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PYTEST_ARGS ?=
 
-.PHONY: help uv sync funnel browser lint test test-compat demo bench clean
+.PHONY: help uv sync funnel browser deployment lint test test-compat test-deploy demo bench clean
 
 help:
 	@echo "make demo   - set up everything, then run the hello-world DAG against a local Funnel + S3"
-	@echo "make test   - set up everything, then ruff, mypy and the whole test suite"
+	@echo "make test   - set up everything, then ruff, mypy and the whole test suite (deployment suite included)"
 	@echo "make test-compat - the example DAGs and the trigger/operator tests on the oldest supported Airflow"
+	@echo "make test-deploy - the deployment suite alone: PostgreSQL, Redis, CeleryExecutor and two triggerers"
 	@echo "make bench  - benchmarks (not part of make test)"
 
 uv:
@@ -40,8 +41,21 @@ lint: sync
 browser:
 	scripts/install-browser.sh
 
-test: sync funnel browser lint
-	"$(UV)" run --frozen pytest $(PYTEST_ARGS)
+# The single-box suite, then the deployment suite (tests/deployment: a production-shaped Airflow
+# of its own, see test-deploy), each named test shown.
+test: sync funnel browser deployment lint
+	"$(UV)" run --frozen pytest --ignore=tests/deployment $(PYTEST_ARGS)
+	"$(UV)" run --frozen pytest tests/deployment -v $(PYTEST_ARGS)
+
+deployment:
+	scripts/install-deployment.sh
+
+# Airflow as production runs it, on 127.0.0.1: PostgreSQL and Redis (Debian's packages, installed
+# here when missing), CeleryExecutor, api-server, scheduler, dag-processor, a Celery worker and
+# two triggerers; a fan-out, a triggerer killed and one frozen, a worker killed during a submit,
+# a scheduler restart, and the single-box outcomes (docs/deployment.md).
+test-deploy: sync funnel deployment
+	"$(UV)" run --frozen pytest tests/deployment -v $(PYTEST_ARGS)
 
 # The oldest Airflow the provider supports (compat/pyproject.toml pins it; compat/uv.lock locks
 # the rest), in its own environment (compat/.venv): the example DAGs through `airflow dags test`

@@ -26,9 +26,10 @@ from airflow_provider_tes.identity import TaskIdentity
 from airflow_provider_tes.links import TesOutputsLink, TesTaskLink
 from airflow_provider_tes.manager import TesTaskManager
 from airflow_provider_tes.models import TesExecutor, TesState
-from airflow_provider_tes.run_state import RUN_STATE_KEY, TES_TASK_ID_KEY, RunState
+from airflow_provider_tes.run_state import LIVE_LOG_KEY, RUN_STATE_KEY, TES_TASK_ID_KEY, RunState
 from airflow_provider_tes.script_file import looks_like_script_file, read_script_file
 from airflow_provider_tes.task_spec import TaskSpec
+from airflow_provider_tes.triggers.progress import LiveLog
 from airflow_provider_tes.waiting import TesWaitMixin
 
 if TYPE_CHECKING:
@@ -263,6 +264,10 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
         # The run state travels in XCom rather than in the defer kwargs: `airflow dags test`
         # (3.3) resumes with the event alone, and XCom also shows it in the UI.
         context["ti"].xcom_push(key=RUN_STATE_KEY, value=run_state.to_xcom())
+        if trigger.log_interval:
+            # Where the live log starts: a trigger that takes over in another triggerer finds
+            # the position its predecessor kept here (see LiveLog.resume).
+            context["ti"].xcom_push(key=LIVE_LOG_KEY, value=LiveLog.initial_position(run_state.tes_task_id))
         self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:

@@ -79,12 +79,12 @@ BULK_MIN_HITS_PER_PAGE = 32
 #: many: a server that never lists costs one listing per few minutes, one that lists again
 #: (a gateway fixed, a transient error) is listed again soon.
 MAX_LISTING_BACKOFF_ROUNDS = 32
-#: Watches that start within this many seconds of each other arrive together (a triggerer that
+#: Watches that start within this many seconds of the one before arrive together (a triggerer that
 #: takes another's triggers over, or starts up, starts hundreds of watches at once)...
 ARRIVAL_WINDOW = 0.25
 #: ...and from this many on they are found by the next round, started early (once an interval
-#: at most), instead of a GET each: a round costs a listing per listed state.
-ARRIVALS_FOR_A_ROUND = 16
+#: at most), instead of a GET each: a round costs a listing per listed state (five).
+ARRIVALS_FOR_A_ROUND = 8
 #: Event-loop fairness: long loops over tasks yield to the loop every this many tasks.
 CHUNK = 2000
 #: Tasks per listing page: the most TES allows.
@@ -149,6 +149,7 @@ class SharedStatusPoller:
         #: :meth:`_arrive`. ``_wake`` starts the next round now; rounds started so, and when.
         self._arrivals: set[str] = set()
         self._arrivals_task: asyncio.Task[None] | None = None
+        self._last_arrival = -math.inf
         self._wake = asyncio.Event()
         self.early_rounds = 0
         self._early_round_at = -math.inf
@@ -258,15 +259,23 @@ class SharedStatusPoller:
         cost no more than twice the rounds.
         """
         self._arrivals.add(task_id)
+        self._last_arrival = asyncio.get_running_loop().time()
         if self._arrivals_task is None or self._arrivals_task.done():
             name = f"tes-arrivals-{self.tes_conn_id}"
             self._arrivals_task = shared_task(self._settle_arrivals(), name=name)
 
     async def _settle_arrivals(self) -> None:
-        await asyncio.sleep(ARRIVAL_WINDOW)
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        # Until a window passes without one (triggers start one by one, each asking Airflow
+        # something first), for a few windows at most.
+        while True:
+            await asyncio.sleep(ARRIVAL_WINDOW)
+            now = loop.time()
+            if now - self._last_arrival >= ARRIVAL_WINDOW or now - first >= 4 * ARRIVAL_WINDOW:
+                break
         arrived = {task_id for task_id in self._arrivals if task_id in self.watches}
         self._arrivals.clear()
-        now = asyncio.get_running_loop().time()
         crowd = len(arrived) >= ARRIVALS_FOR_A_ROUND and self.can_list
         if crowd and now - self._early_round_at >= self.interval:
             self._early_round_at = now

@@ -64,11 +64,16 @@ class LiveLog:
         #: triggerers (see :meth:`resume`).
         self._ti = ti
         self._saving: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
         self._unsaved = False
 
     def start(self) -> None:
-        """Follow from the next tick of the interval's clock on."""
+        """Follow from the next tick of the interval's clock on (in a triggerer, from where an
+        earlier trigger of the task stopped: see :meth:`resume`)."""
         self._context = contextvars.copy_context()
+        if self._ti is not None:
+            # Asked in the background: the trigger's first poll must not wait for Airflow.
+            self._resuming = asyncio.get_running_loop().create_task(self.resume())
         self._reads = LogReads.join(self)
 
     async def resume(self) -> None:
@@ -87,6 +92,8 @@ class LiveLog:
             kept = await get_xcom(self._ti, LIVE_LOG_KEY)
             if not isinstance(kept, Mapping) or kept.get("tes_task_id") != self.tes_task_id:
                 return
+            if kept.get("position") is None:  # as the operator deferred: nothing shown yet
+                return
             self.follower = LogFollower.taking_over(kept["position"])
         except Exception as err:  # a view: without the position, lines show again
             self.log.warning(
@@ -102,6 +109,12 @@ class LiveLog:
             self.follower.lines_shown,
         )
 
+    @staticmethod
+    def initial_position(tes_task_id: str) -> dict[str, Any]:
+        """What the operator stores in :data:`LIVE_LOG_KEY` as it defers: nothing shown yet (so
+        the first trigger finds the key, and Airflow logs no miss)."""
+        return {"tes_task_id": tes_task_id, "position": None}
+
     def _keep_position(self) -> None:
         """Keep the position after this read's lines (one write at a time; the latest wins)."""
         if self._ti is None:
@@ -111,6 +124,10 @@ class LiveLog:
             self._saving = asyncio.get_running_loop().create_task(self._save_position())
 
     async def _save_position(self) -> None:
+        # The lines go to the task log through the triggerer's supervisor, the position on
+        # another channel: a moment's wait keeps the position from overtaking its lines, so a
+        # triggerer killed in between shows them again after the takeover, never loses them.
+        await asyncio.sleep(POSITION_SAVE_DELAY)
         while self._unsaved:
             self._unsaved = False
             position = {"tes_task_id": self.tes_task_id, "position": self.follower.handover()}
@@ -128,6 +145,8 @@ class LiveLog:
 
     def stop(self) -> None:
         """Stop following, at once: a read under way is not shown."""
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self._reads is not None:
             self._reads.leave(self)
             self._reads = None
@@ -145,6 +164,8 @@ class LiveLog:
             self._context.run(self._show, read)
 
     def _show(self, read: TesTask | Exception | None) -> None:
+        if self._resuming is not None and not self._resuming.done():
+            return  # where to go on from is not known yet; the next read shows these lines
         lines: list[str] = []
         if isinstance(read, TesTask):
             try:
@@ -168,6 +189,11 @@ class LiveLog:
             self._keep_position()
 
 
+#: Seconds between showing a read's lines and keeping the position after them.
+POSITION_SAVE_DELAY = 0.1
+#: A clock tick this many seconds late (or an interval, if longer) means the process stood
+#: still; live logs then pause as long (see :meth:`LogReads._run`).
+STALL_SECONDS = 5.0
 #: States whose followed tasks may be read by one FULL listing of the state (queued tasks too:
 #: the server's system logs say why they wait)...
 LISTED_FOR_LOGS = (TesState.QUEUED, TesState.INITIALIZING, TesState.RUNNING)
@@ -256,10 +282,20 @@ class LogReads:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        paused_until = -math.inf
         while True:
             # On the interval's clock, not a trigger's start: every follower is read at the same
             # moment, which lets one listing serve them all.
-            await asyncio.sleep(self.interval - loop.time() % self.interval)
+            tick = loop.time() + self.interval - loop.time() % self.interval
+            await asyncio.sleep(tick - loop.time())
+            if loop.time() - tick > max(self.interval, STALL_SECONDS):
+                # This process stood still (frozen, starved): another triggerer may have taken
+                # its triggers over and shown their lines meanwhile. Airflow stops the moved
+                # triggers here within a loop or two; reading before that would show lines twice.
+                paused_until = loop.time() + STALL_SECONDS
+                log.info("Live logs: this triggerer stood still; reading again in %gs", STALL_SECONDS)
+            if loop.time() < paused_until:
+                continue
             try:
                 await self.read_all()
             except Exception:  # whatever went wrong, the next tick reads again

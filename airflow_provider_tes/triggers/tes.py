@@ -136,7 +136,6 @@ class TesTaskTrigger(BaseTrigger):
         live = None
         if self.log_interval:
             live = LiveLog(poller, self.tes_task_id, self.log_interval, self.log, ti=self.task_instance)
-            await live.resume()
             live.start()
         try:
             async with (
@@ -270,8 +269,25 @@ class TesTaskTrigger(BaseTrigger):
             if verdict.waited_for:
                 self.log.info("Not canceling TES task %s: %s", self.tes_task_id, verdict.reason)
                 return
-            self.log.info("Canceling TES task %s: %s", self.tes_task_id, verdict.reason)
-        else:
-            self.log.info("Canceling TES task %s on request", self.tes_task_id)
+            async with borrowed_hook(self.tes_conn_id) as hook:
+                if await self._has_ended(hook):
+                    return
+                self.log.info("Canceling TES task %s: %s", self.tes_task_id, verdict.reason)
+                await hook.a_cancel_task(self.tes_task_id)
+            return
+        self.log.info("Canceling TES task %s on request", self.tes_task_id)
         async with borrowed_hook(self.tes_conn_id) as hook:
             await hook.a_cancel_task(self.tes_task_id)
+
+    async def _has_ended(self, hook: TesHook) -> bool:
+        """Whether the TES task has ended already (the task instance is on its way to resume,
+        another triggerer saw the end first): then there is nothing to cancel, and servers
+        answer an error for a cancel of an ended task."""
+        try:
+            state = (await hook.a_get_task(self.tes_task_id, view=TesView.MINIMAL)).state
+        except TesError:
+            return False  # the cancel says what is wrong
+        if state is not None and state.is_terminal:
+            self.log.info("Not canceling TES task %s: it has ended (%s)", self.tes_task_id, state.value)
+            return True
+        return False

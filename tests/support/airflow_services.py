@@ -37,6 +37,8 @@ class AirflowServices:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: Settings of one component only (as on a machine of its own), e.g. its connections.
+        self.component_env: dict[str, dict[str, str]] = {}
         self.log_dir = env.home / "service-logs"
         env.extra_env.update(
             {
@@ -69,7 +71,7 @@ class AirflowServices:
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             self.command(name),
-            env=self.env.env(),
+            env={**self.env.env(), **self.component_env.get(name, {})},
             cwd=self.env.home,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -172,24 +174,41 @@ class AirflowServices:
             json={"new_state": state},
         )
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
         """The task's log as the UI reads it (API, all of it), as text."""
         answer = self.api(
             "GET",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            params={"full_content": "true"},
+            params={"full_content": "true", "map_index": map_index},
             headers={"Accept": "application/json"},
         )
         content = answer.get("content", "") if isinstance(answer, dict) else answer
         if isinstance(content, list):
-            return "\n".join(
-                str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry) for entry in content
-            )
+            return "\n".join(_log_entry_text(entry) for entry in content)
         return str(content)
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        entry = self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index},
+        )
         return entry["value"]
+
+
+def _log_entry_text(entry: Any) -> str:
+    """One structured log record as text: its message, and an exception's type and text."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    text = str(entry.get("event", entry))
+    for error in entry.get("error_detail") or []:
+        if isinstance(error, dict):
+            text += f"\n{error.get('exc_type')}: {error.get('exc_value')}"
+    return text
 
 
 def service_log_dir(env: AirflowEnv) -> Path:

@@ -16,8 +16,8 @@ Facts that shape it (Airflow 3.3):
   ``--skip-serve-logs``; the api-server reads task logs from the shared log folder instead.
 * Every process has the same ``[api_auth] jwt_secret`` and ``[core] execution_api_server_url``.
 * A triggerer's triggers go to another one after ``[triggerer] triggerer_health_check_threshold``
-  (30 s by default) without a heartbeat; tests set 5 s and ``job_heartbeat_sec`` 1, with
-  which a takeover takes a few seconds.
+  (30 s by default) without a heartbeat; tests set 10 s and ``job_heartbeat_sec`` 1 (at 5 s,
+  a busy two-core box lets a heartbeat slip that far now and then).
 
 Plain Python, no pytest: the deployment tests and benchmarks use it alike.
 """
@@ -43,7 +43,7 @@ from tests.support.stack import LOOPBACK, free_port
 INSTALL_HINT = "run scripts/install-deployment.sh (make test-deploy does) to install PostgreSQL and Redis"
 TRIGGERERS = ("triggerer-1", "triggerer-2")
 #: Seconds without a heartbeat before a triggerer's triggers move to another (Airflow: 30).
-HEALTH_CHECK_THRESHOLD = 5
+HEALTH_CHECK_THRESHOLD = 10
 
 
 def _postgres_bin(name: str) -> str:
@@ -230,6 +230,8 @@ class Deployment(AirflowServices):
         self.postgres = postgres
         self.redis = redis
         self.worker_concurrency = worker_concurrency
+        #: The job id of each triggerer component (see :meth:`triggerer_job_of`).
+        self.triggerer_jobs: dict[str, int] = {}
         env.extra_env.update(
             {
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -244,6 +246,26 @@ class Deployment(AirflowServices):
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
             }
         )
+
+    def start_component(self, name: str) -> None:
+        if name not in TRIGGERERS:
+            super().start_component(name)
+            return
+        known = set(self._triggerer_job_ids())
+        super().start_component(name)
+        found: list[int] = []
+
+        def started() -> bool:
+            self._check_alive()
+            found[:] = [job for job in self._triggerer_job_ids() if job not in known]
+            return bool(found)
+
+        _wait(started, 120, f"{name} did not start a triggerer job", lambda: self.logs(name))
+        self.triggerer_jobs[name] = found[-1]
+
+    def _triggerer_job_ids(self) -> list[int]:
+        rows = self.postgres.sql("SELECT id FROM job WHERE job_type = 'TriggererJob' ORDER BY id")
+        return [int(r[0]) for r in rows]
 
     def command(self, name: str) -> list[str]:
         if name == "worker":
@@ -263,7 +285,7 @@ class Deployment(AirflowServices):
 
     def start(self, timeout: float = 240) -> Deployment:
         self.env.migrate()
-        super().start(timeout)
+        super().start(timeout)  # the triggerers one at a time (see start_component)
         _wait(
             lambda: self._check_alive() or len(self.live_triggerers()) == len(TRIGGERERS),
             timeout,
@@ -298,17 +320,9 @@ class Deployment(AirflowServices):
         return [int(r[0]) for r in rows]
 
     def triggerer_job_of(self, component: str) -> int:
-        """The job id of a triggerer component, from its process id (the job row's ``hostname``
-        is the same for both, the pid is not)."""
-        proc = self.procs[component]
-        rows = self.postgres.sql(
-            "SELECT id, pid FROM job WHERE job_type = 'TriggererJob' AND state = 'running' ORDER BY id DESC"
-        )
-        children = _descendants(proc.pid) | {proc.pid}
-        for job_id, pid in rows:
-            if pid in children:
-                return int(job_id)
-        raise AssertionError(f"no running triggerer job belongs to {component} (pids {children}): {rows}")
+        """The job id of a triggerer component (recorded as it started: the job rows of two
+        triggerers on one host differ in nothing else)."""
+        return self.triggerer_jobs[component]
 
     def triggers_by_triggerer(self, dag_id: str, run_id: str) -> dict[int | None, int]:
         """How many triggers of a run's deferred task instances each triggerer job holds."""
@@ -360,8 +374,15 @@ class Deployment(AirflowServices):
         )
 
     def signal(self, component: str, sig: int) -> None:
-        """Send ``sig`` to every process of a component (its process group)."""
-        os.killpg(self.procs[component].pid, sig)
+        """Send ``sig`` to every process of a component: its process group, and any child
+        that left it (a task process in a session of its own)."""
+        pid = self.procs[component].pid
+        children = _descendants(pid)  # before the signal: a dead parent's children move away
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -382,13 +403,19 @@ def _descendants(pid: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def deployment(env: AirflowEnv, **kwargs: Any) -> Iterator[Deployment]:
-    """PostgreSQL, Redis and the Airflow processes, started and torn down together."""
+def deployment(
+    env: AirflowEnv, component_env: dict[str, dict[str, str]] | None = None, **kwargs: Any
+) -> Iterator[Deployment]:
+    """PostgreSQL, Redis and the Airflow processes, started and torn down together.
+
+    :param component_env: settings of single processes (by component name), e.g. connections.
+    """
     with contextlib.ExitStack() as stack:
         postgres = Postgres().start()
         stack.callback(postgres.stop)
         redis = Redis().start()
         stack.callback(redis.stop)
         services = Deployment(env, postgres, redis, **kwargs)
+        services.component_env.update(component_env or {})
         stack.callback(services.stop)
         yield services.start()
