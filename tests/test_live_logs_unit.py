@@ -142,3 +142,53 @@ def test_startup_clock_warns_at_half_then_expires() -> None:
     clock.observe(TesState.RUNNING, now=111)
     assert clock.due(200) is None
     assert StartupClock(timeout=None).due(1e9) is None
+
+
+# -- across triggerers: the position kept in XCom ----------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.lines += (msg % args).splitlines()
+
+    warning = info
+
+
+async def test_a_trigger_that_takes_over_goes_on_from_the_kept_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A triggerer dies after showing lines 1-3; the trigger that takes the task over in another
+    one reads the whole log again, and shows only what follows."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from airflow_provider_tes.run_state import LIVE_LOG_KEY
+    from airflow_provider_tes.triggers import progress, task_sdk
+
+    xcom: dict[str, Any] = {LIVE_LOG_KEY: progress.LiveLog.initial_position("t")}
+    monkeypatch.setattr(task_sdk, "_get_xcom", lambda ti, key: json.loads(json.dumps(xcom.get(key))))
+    monkeypatch.setattr(task_sdk, "_set_xcom", lambda ti, key, value: xcom.__setitem__(key, value))
+    monkeypatch.setattr(progress, "POSITION_SAVE_DELAY", 0.0)
+    monkeypatch.setattr(progress.LogReads, "join", classmethod(lambda cls, live: None))
+    ti = SimpleNamespace(dag_id="d", task_id="x", run_id="r", map_index=-1)
+
+    async def trigger(text: str) -> list[str]:
+        recorder = _Recorder()
+        live = progress.LiveLog(None, "t", 1.0, recorder, ti=ti)  # type: ignore[arg-type]
+        live.start()
+        assert live._resuming is not None
+        await live._resuming
+        live.show(task(text))
+        await asyncio.sleep(0.05)  # the position is kept in the background
+        return [line for line in recorder.lines if line.startswith("stdout")]
+
+    assert await trigger("1\n2\n3\n") == ["stdout | 1", "stdout | 2", "stdout | 3"]
+    assert xcom[LIVE_LOG_KEY]["position"]["streams"]["stdout"]["shown"] == 3
+    # The first triggerer is gone; another starts the trigger again and reads the log.
+    assert await trigger("1\n2\n3\n4\n5\n") == ["stdout | 4", "stdout | 5"]
+    # A position of another TES task (before a resubmission) is not taken over.
+    xcom[LIVE_LOG_KEY] = {**xcom[LIVE_LOG_KEY], "tes_task_id": "other"}
+    assert len(await trigger("1\n2\n")) == 2

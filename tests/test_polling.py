@@ -568,42 +568,32 @@ async def test_the_pollers_own_lines_are_the_triggerers_not_the_first_triggers(f
 # -- what a watch costs (issue 14) -----------------------------------------------------------------
 
 
-async def test_a_newcomer_costs_one_get_and_no_round(fake: FakeTes, poller: SharedStatusPoller) -> None:
-    few = polling.ARRIVALS_FOR_A_ROUND - 1
-    for i in range(few + 1):
-        fake.add(f"t{i}")
-    async with poller.watch("t0") as first:
-        await _next(first)
-        await _settle()
-        rounds = poller.rounds
-        fake.calls.clear()
-        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, few + 1)]) as queues:
-            updates = await asyncio.gather(*(_next(q) for q in queues))
-            assert {u.state for u in updates} == {TesState.RUNNING}
-            assert poller.rounds == rounds, "a few new watches start no round"
-            assert fake.calls == Counter({"get": few})
-
-
-@pytest.mark.parametrize("moved", [polling.ARRIVALS_FOR_A_ROUND, 600])
-async def test_a_takeover_of_many_triggers_costs_one_round_not_a_get_each(
-    fake: FakeTes, poller: SharedStatusPoller, moved: int
+@pytest.mark.parametrize("arriving", [polling.ARRIVALS_FOR_A_ROUND - 1, polling.ARRIVALS_FOR_A_ROUND, 600])
+async def test_a_few_arrivals_cost_a_get_each_a_crowd_one_round(
+    fake: FakeTes, poller: SharedStatusPoller, arriving: int
 ) -> None:
-    """Another triggerer died: its triggers start here at once, beside this one's own."""
-    for i in range(moved + 1):
+    """New watches between rounds: a few (a trigger deferring) are looked up by GET at once, no
+    round; a crowd (another triggerer died and its triggers start here beside this one's own)
+    is found by one round started early, a listing per state and no GET."""
+    for i in range(arriving + 1):
         fake.add(f"t{i}", state="RUNNING" if i % 2 else "QUEUED")
     async with poller.watch("t0") as own:
         await _next(own)
         await _settle()
         rounds = poller.rounds
         fake.calls.clear()
-        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, moved + 1)]) as queues:
+        async with contextlib_watch_all(poller, [f"t{i}" for i in range(1, arriving + 1)]) as queues:
             updates = await asyncio.gather(*(_next(q) for q in queues))
             assert [u.state for u in updates] == [
-                TesState.RUNNING if i % 2 else TesState.QUEUED for i in range(1, moved + 1)
+                TesState.RUNNING if i % 2 else TesState.QUEUED for i in range(1, arriving + 1)
             ]
-            assert poller.rounds == rounds + 1 and poller.early_rounds == 1
-            # One listing per listed state (600 tasks fit a page), and no GET at all.
-            assert fake.calls == Counter({"list": len(polling.LISTED_STATES)}), fake.calls
+            if arriving < polling.ARRIVALS_FOR_A_ROUND:
+                assert poller.rounds == rounds and poller.early_rounds == 0
+                assert fake.calls == Counter({"get": arriving})
+            else:
+                assert poller.rounds == rounds + 1 and poller.early_rounds == 1
+                # One listing per listed state (600 tasks fit a page).
+                assert fake.calls == Counter({"list": len(polling.LISTED_STATES)}), fake.calls
 
 
 async def test_arrivals_that_keep_coming_start_one_early_round_an_interval(fake: FakeTes) -> None:

@@ -69,8 +69,9 @@ def _wait_mapped(
     raise AssertionError(f"the samples stayed {Counter(ti['state'] for ti in tis)}, wanted {states}")
 
 
-def _check_every_sample(deployed: Deployed, run_id: str, count: int, lines: int) -> None:
-    """Each sample succeeded in its first try, with one TES task, its result and every line once."""
+def _check_every_sample(deployed: Deployed, run_id: str, count: int, lines: int) -> dict[str, int]:
+    """Each sample succeeded in its first try, with one TES task, its result and every line once;
+    what was counted (all of it checked to be as it must)."""
     airflow = deployed.airflow
     tis = [ti for ti in airflow.task_instances(FANOUT, run_id) if ti["task_id"] == SAMPLE]
     assert sorted(ti["map_index"] for ti in tis) == list(range(count))
@@ -79,11 +80,21 @@ def _check_every_sample(deployed: Deployed, run_id: str, count: int, lines: int)
     assert submissions == Counter({(str(k), "1", "0"): 1 for k in range(count)}), submissions
     states = Counter(t.state for t in _tes_tasks(deployed, FANOUT, run_id))
     assert states == Counter({TesState.COMPLETE: count}), states
+    lost = repeated = 0
     for k in range(count):
         result = airflow.xcom(FANOUT, run_id, SAMPLE, map_index=k)
         assert (result["state"], result["exit_code"]) == ("COMPLETE", 0), result
         numbers = _line_numbers(airflow.task_log(FANOUT, run_id, SAMPLE, map_index=k), k)
+        lost += len(set(range(1, lines + 1)) - set(numbers))
+        repeated += len(numbers) - len(set(numbers))
         assert numbers == list(range(1, lines + 1)), f"sample {k} showed lines {numbers}"
+    duplicates = sum(submissions.values()) - len(submissions)
+    return {
+        "tasks_ended": len(tis),
+        "duplicate_tes_tasks": duplicates,
+        "lines_lost": lost,
+        "lines_repeated": repeated,
+    }
 
 
 def _holders(deployed: Deployed, run_id: str) -> dict[int, int]:
@@ -139,11 +150,11 @@ def test_a_fanout_of_50_runs_once_each_through_celery_and_both_triggerers(deploy
             held[job_id] = max(held[job_id], count)
         time.sleep(1)
     assert state == "success"
-    _check_every_sample(deployed, run_id, count=50, lines=20)
+    counted = _check_every_sample(deployed, run_id, count=50, lines=20)
     # Each triggerer's capacity is 30, so 50 waits at once need both; each held its share.
     assert len(held) == 2 and all(held.values()), held
     makespan = round(time.monotonic() - started, 1)
-    _record("fanout", {"tasks": 50, "most_triggers_held": dict(held), "makespan_s": makespan})
+    _record("fanout", {"most_triggers_held": dict(held), "makespan_s": makespan, **counted})
 
 
 # -- 2. a triggerer killed while it holds triggers ------------------------------------------------------
@@ -176,20 +187,18 @@ def test_a_triggerer_killed_mid_wait_is_taken_over_without_loss_or_repeat(deploy
     airflow.procs.pop(victim).wait(10)
     airflow.start_component(victim)
     assert airflow.wait_for_run(FANOUT, run_id)["state"] == "success"
-    _check_every_sample(deployed, run_id, count, lines)
+    counted = _check_every_sample(deployed, run_id, count, lines)
     # The takeover cost the survivor a round of listings, not a status GET per moved trigger.
     assert requests["get MINIMAL"] < moved / 4, requests
     _record(
         "failover",
         {
             "triggers_moved": moved,
+            "survivor_held_before": holders.get(deployed.airflow.triggerer_job_of(survivor), 0),
             "takeover_s": round(takeover, 1),
             "health_check_threshold_s": HEALTH_CHECK_THRESHOLD,
-            "tasks_ended": count,
-            "duplicate_tes_tasks": 0,
-            "live_log_lines_lost": 0,
-            "live_log_lines_repeated": 0,
-            "survivor_requests_first_4s_after_takeover": dict(requests),
+            **counted,
+            "survivor_requests_from_the_kill_to_4s_after_the_takeover": dict(requests),
         },
     )
 
@@ -232,8 +241,8 @@ def test_a_triggerer_frozen_past_the_threshold_cancels_nothing_when_it_resumes(d
     assert "still deferred" in said and "Canceling TES task" not in said
 
     assert airflow.wait_for_run(FANOUT, run_id)["state"] == "success"
-    _check_every_sample(deployed, run_id, count, lines)  # every line once, no TES task canceled
-    _record("freeze", {"triggers_held_by_the_frozen_triggerer": holders[frozen_job], "tes_tasks_canceled": 0})
+    counted = _check_every_sample(deployed, run_id, count, lines)  # every line once, all COMPLETE
+    _record("freeze", {"triggers_held_by_the_frozen_triggerer": holders[frozen_job], **counted})
 
 
 # -- 4. the Celery worker killed during a submit ---------------------------------------------------------
