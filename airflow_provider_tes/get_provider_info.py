@@ -31,6 +31,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "GA4GH TES", "python-modules": ["airflow_provider_tes.triggers.tes"]}
         ],
+        "cli": ["airflow_provider_tes.cli.definition.get_tes_cli_commands"],
         "config": {
             "tes": {
                 "description": "Settings of the GA4GH TES provider shared by every TES connection.",

@@ -41,6 +41,10 @@ COALESCE_TAG = "dag_id"
 DEPLOYMENT_TAG = "deployment"
 #: HMAC-SHA256 of the task's identity, keyed by the tenant secret (see :class:`Tenant`).
 IDENTITY_MAC_TAG = "identity_hmac"
+#: ``"false"`` on a task submitted with ``wait_for_completion=False``: no Airflow try waits for
+#: it (whatever the DAG does next does), so ``airflow tes cleanup`` leaves it while its DAG run
+#: is active.
+WAITS_TAG = "airflow_waits"
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _INSTANCE_KEYS = ("dag_id", "task_id", "run_id", "map_index")

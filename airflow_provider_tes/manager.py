@@ -20,7 +20,7 @@ from airflow_provider_tes.container import (
     GUEST_STDOUT_PATH,
 )
 from airflow_provider_tes.exceptions import TesTaskFailedError, TesTaskPreemptedError
-from airflow_provider_tes.identity import OutputFolder, TaskIdentity, Tenant
+from airflow_provider_tes.identity import WAITS_TAG, OutputFolder, TaskIdentity, Tenant
 from airflow_provider_tes.log_follower import LogFollower
 from airflow_provider_tes.models import TesState, TesTask, TesView
 from airflow_provider_tes.outcome import TAIL_BYTES, read_outcome
@@ -43,6 +43,7 @@ class TesTaskManager:
     :param explicit_aws_conn_id: AWS connection for staging and reading outputs (``None``:
         the TES connection's ``aws_conn_id``, else ``aws_default``).
     :param log: where progress is logged (the operator's task log).
+    :param waited: whether an Airflow try waits for the task (``wait_for_completion``).
     """
 
     hook: TesHook
@@ -50,6 +51,8 @@ class TesTaskManager:
     preemptible: int
     explicit_aws_conn_id: str | None
     log: logging.Logger | Any
+    #: Whether an Airflow try waits for the task (``wait_for_completion``); see :data:`WAITS_TAG`.
+    waited: bool = True
     _plan: TaskPlan | None = field(default=None, init=False)
     _template: TaskTemplate | None = field(default=None, init=False)
     _tenant: Tenant | None = field(default=None, init=False)
@@ -140,6 +143,8 @@ class TesTaskManager:
         request = template.request(run_state.identity, attempt, preemptible=preemptible)
         # Signed, so an ambiguous create's look-up (exact tags) finds only this tenant's task.
         signed = {**(request.tags or {}), **self.tenant.tags(run_state.identity, attempt)}
+        if not self.waited:
+            signed[WAITS_TAG] = "false"
         request = request.model_copy(update={"tags": signed})
         tes_id = self.hook.create_task(request)
         self.log.info(

@@ -200,3 +200,7 @@ def test_fresh_install_is_seen_by_airflow(dists: Dists, tmp_path: Path) -> None:
     assert tes, hooks
     assert tes[0]["class"] == "airflow_provider_tes.hooks.tes.TesHook"
     assert tes[0]["package_name"] == "airflow-provider-tes"
+
+    # The provider's own command, registered through its provider info's "cli" entry.
+    cleanup_help = _run([airflow, "tes", "cleanup", "--help"], timeout=180, cwd=home, env=env)
+    assert "--yes" in cleanup_help and "--older-than" in cleanup_help, cleanup_help

@@ -159,6 +159,7 @@ class TesTaskOperator(TesWaitMixin, BaseOperator):
             preemptible=self.preemptible,
             explicit_aws_conn_id=self.aws_conn_id,
             log=self.log,
+            waited=self.wait_for_completion,
         )
 
     # -- templates: a command may name a script file (airflow_provider_tes.script_file) ---------------

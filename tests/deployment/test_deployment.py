@@ -69,7 +69,9 @@ def _wait_mapped(
     raise AssertionError(f"the samples stayed {Counter(ti['state'] for ti in tis)}, wanted {states}")
 
 
-def _check_every_sample(deployed: Deployed, run_id: str, count: int, lines: int) -> dict[str, int]:
+def _check_every_sample(
+    deployed: Deployed, run_id: str, count: int, lines: int, *, repeats: bool = False
+) -> dict[str, int]:
     """Each sample succeeded in its first try, with one TES task, its result and every line once;
     what was counted (all of it checked to be as it must)."""
     airflow = deployed.airflow
@@ -87,7 +89,10 @@ def _check_every_sample(deployed: Deployed, run_id: str, count: int, lines: int)
         numbers = _line_numbers(airflow.task_log(FANOUT, run_id, SAMPLE, map_index=k), k)
         lost += len(set(range(1, lines + 1)) - set(numbers))
         repeated += len(numbers) - len(set(numbers))
-        assert numbers == list(range(1, lines + 1)), f"sample {k} showed lines {numbers}"
+        if repeats:
+            assert sorted(set(numbers)) == list(range(1, lines + 1)), f"sample {k} lost lines: {numbers}"
+        else:
+            assert numbers == list(range(1, lines + 1)), f"sample {k} showed lines {numbers}"
     duplicates = sum(submissions.values()) - len(submissions)
     return {
         "tasks_ended": len(tis),
@@ -241,7 +246,9 @@ def test_a_triggerer_frozen_past_the_threshold_cancels_nothing_when_it_resumes(d
     assert "still deferred" in said and "Canceling TES task" not in said
 
     assert airflow.wait_for_run(FANOUT, run_id)["state"] == "success"
-    counted = _check_every_sample(deployed, run_id, count, lines)  # every line once, all COMPLETE
+    # No line lost, all COMPLETE. A line may show twice: the process froze at any moment, also
+    # between showing a read's lines and keeping its position (docs/deployment.md).
+    counted = _check_every_sample(deployed, run_id, count, lines, repeats=True)
     _record("freeze", {"triggers_held_by_the_frozen_triggerer": holders[frozen_job], **counted})
 
 
